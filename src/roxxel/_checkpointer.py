@@ -1,0 +1,519 @@
+"""`Checkpointer`: the public object that saves and restores a model and its optimizer."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Any, Literal
+
+import jax
+from flax import nnx
+
+from . import _lifecycle, _paths, _restore, _state, _validate
+from ._errors import (
+    BackgroundWriteError,
+    CheckpointerClosedError,
+    InvalidArgumentError,
+    NoCheckpointError,
+    ReadOnlyError,
+    RestoreMismatchError,
+    StepExistsError,
+    StepNotFoundError,
+    StepOrderError,
+)
+from ._orbax import Store
+from ._restore import OnMismatch, RestoreReport
+from ._retention import Retention, best_step
+
+logger = logging.getLogger("roxxel")
+
+OnSigterm = Literal["exit", "flag"]
+
+
+class Checkpointer:
+    """Saves a Flax NNX model and its optimizer asynchronously, and restores them in place.
+
+    `save()` hands the arrays to background threads and returns; the checkpoint is committed
+    (atomically, with its metrics) while training goes on. Every save still running when the
+    program exits, returns from `main`, or receives SIGTERM is committed first.
+
+    Retention keeps the `max_to_keep` newest checkpoints for resuming *and* the `keep_best`
+    best ones by `best_metric`, plus every multiple of `keep_every`; the newest checkpoint is
+    never deleted, and NaN or infinite metrics are never best.
+
+    `restore()` reads into the *current* model: leaves that still fit are restored, new
+    leaves keep their values, and the result is described by `last_restore_report`.
+
+    Args:
+        checkpoint_path: a local folder (created if needed) or a URL such as `gs://bucket/run`.
+        model: the `nnx.Module` to save and restore in place.
+        optimizer: its `nnx.Optimizer` (or None to checkpoint the model alone).
+        max_to_keep: how many of the newest checkpoints to keep; None keeps all.
+        timeout: seconds any wait for background work may take before it fails.
+        best_metric: the `metrics_dict` key that ranks checkpoints, or None for no ranking.
+        best_mode: "min" if lower `best_metric` is better, "max" if higher is.
+        keep_best: how many of the best checkpoints to keep besides the newest ones.
+        keep_every: keep every step that is a multiple of this forever (None: none).
+        read_only: open for restoring only; `save()` then raises `ReadOnlyError`.
+        compression: compress arrays with zstd (smaller files, 2-5x slower saves on few cores).
+        on_sigterm: "exit" commits in-flight saves and exits with status 143 on SIGTERM;
+            "flag" only sets `preemption_requested`, so the loop can save once more and stop.
+
+    Raises:
+        CheckpointPathError: `checkpoint_path` is a file, or cannot be created or written.
+        InvalidArgumentError: an option has the wrong type or value.
+
+    Example:
+        ```python
+        ck = Checkpointer("./checkpoints", model, optimizer, max_to_keep=3)
+        start = ck.restore()            # 0 when there is no checkpoint yet
+        for step in range(start, 1000):
+            loss = train_step(model, optimizer, batch)
+            if step % 100 == 0:
+                ck.save(step, {"loss": float(loss)})
+        ```
+    """
+
+    def __init__(
+        self,
+        checkpoint_path: str,
+        model: nnx.Module,
+        optimizer: nnx.Optimizer[Any] | None,
+        max_to_keep: int | None = 3,
+        timeout: int | float = 1000,
+        *,
+        best_metric: str | None = "loss",
+        best_mode: Literal["min", "max"] = "min",
+        keep_best: int = 1,
+        keep_every: int | None = None,
+        read_only: bool = False,
+        compression: bool = False,
+        on_sigterm: OnSigterm = "exit",
+    ) -> None:
+        _validate.instance(
+            model,
+            nnx.Module,
+            name="model",
+            hint="Pass the flax.nnx.Module whose parameters you train.",
+        )
+        if optimizer is not None:
+            _validate.instance(
+                optimizer,
+                nnx.Optimizer,
+                name="optimizer",
+                hint="Pass nnx.Optimizer(model, optax_tx, wrt=nnx.Param), or None to save the "
+                "model alone.",
+            )
+        if best_metric is not None and (not isinstance(best_metric, str) or not best_metric):
+            raise InvalidArgumentError(
+                f"best_metric must be a metric name such as 'loss', or None, got {best_metric!r}.",
+                name="best_metric",
+                value=best_metric,
+            )
+        self._retention = Retention(
+            max_to_keep=_validate.count(
+                max_to_keep, name="max_to_keep", minimum=1, allow_none=True
+            ),
+            keep_best=_validate.count(keep_best, name="keep_best", minimum=0) or 0,
+            best_metric=best_metric,
+            best_mode=_validate.choice(best_mode, name="best_mode", options=("min", "max")),  # type: ignore[arg-type]
+            keep_every=_validate.count(keep_every, name="keep_every", minimum=1, allow_none=True),
+        )
+        self._timeout = _validate.positive_seconds(timeout, name="timeout")
+        self._on_sigterm_mode = _validate.choice(
+            on_sigterm, name="on_sigterm", options=("exit", "flag")
+        )
+        for flag_name, flag in (("read_only", read_only), ("compression", compression)):
+            if not isinstance(flag, bool):
+                raise InvalidArgumentError(
+                    f"{flag_name} must be True or False, got {flag!r}.", name=flag_name, value=flag
+                )
+        self._read_only = read_only
+        self.directory = _paths.resolve(checkpoint_path, create=not read_only)
+        self.model = model
+        self.optimizer = optimizer
+        self._store = Store(
+            self.directory,
+            self._retention,
+            timeout=self._timeout,
+            read_only=read_only,
+            compression=compression,
+        )
+        self._store.remove_partial()
+        self._closed = False
+        self._pending_step: int | None = None
+        self._restored_step: int | None = None
+        self._lock = threading.RLock()
+        self.last_restore_report: RestoreReport | None = None
+        self.preemption_requested = False
+        """True once SIGTERM arrived (with `on_sigterm="flag"` the loop should save and stop)."""
+        self.last_save_seconds: float | None = None
+        """How long the last `save()` call blocked the caller."""
+        _lifecycle.track(self)
+        _lifecycle.install_sigterm_handler()
+
+    # ------------------------------------------------------------------------ views
+    def all_steps(self) -> list[int]:
+        """Every committed step on disk, ascending."""
+        self._check_open()
+        return self._store.all_steps()
+
+    def latest_step(self) -> int | None:
+        """The newest committed step, or None when there is none."""
+        steps = self.all_steps()
+        return steps[-1] if steps else None
+
+    def best_step(self) -> int | None:
+        """The committed step with the best finite `best_metric`, or None."""
+        self._check_open()
+        return best_step(self._store.checkpoints(), self._retention)
+
+    def metrics(self, step: int) -> dict[str, float] | None:
+        """The metrics saved with `step` (None if it was saved without any).
+
+        Raises:
+            StepNotFoundError: `step` is not committed on disk.
+        """
+        step = _validate.step(step)
+        self._require_step(step, self.all_steps())
+        return self._store.metrics(step)
+
+    # ------------------------------------------------------------------------- save
+    def save(
+        self, step: int, metrics_dict: Mapping[str, Any] | None = None, *, overwrite: bool = False
+    ) -> bool:
+        """Start saving the current model and optimizer as `step`; returns without waiting.
+
+        The state is captured when `save()` is called: later training steps, even ones that
+        donate their buffers, do not change what is written. If the previous save is still
+        being written, this call first waits for it (one save is in flight at a time).
+
+        Args:
+            step: the training step, a non-negative integer (NumPy and JAX integers work).
+            metrics_dict: metric name -> number; must hold `best_metric` unless that is None.
+            overwrite: replace `step` if it is already on disk, or allow a step lower than
+                the latest one.
+
+        Returns:
+            True if a save was started; False if `step` is the checkpoint just restored and
+            the save was skipped (nothing new to write).
+
+        Raises:
+            InvalidStepError: `step` is not a non-negative integer.
+            InvalidArgumentError: `metrics_dict` lacks `best_metric` or holds a non-number.
+            StepExistsError: `step` is on disk and `overwrite` is False.
+            StepOrderError: `step` is below the latest step and `overwrite` is False.
+            BackgroundWriteError: the previous save failed in the background.
+            ReadOnlyError: the Checkpointer was opened with `read_only=True`.
+        """
+        with self._lock:
+            self._check_open()
+            if self._read_only:
+                raise ReadOnlyError(
+                    f"cannot save step {step!r}: the Checkpointer for {self.directory} was opened "
+                    "with read_only=True. Open it without read_only to save."
+                )
+            step = _validate.step(step)
+            metrics = _validate.metrics(metrics_dict, best_metric=self._retention.best_metric)
+            started = time.perf_counter()
+            self._finish_pending()
+            steps = self._store.all_steps()
+            if step in steps:
+                if step == self._restored_step and not overwrite:
+                    logger.info(
+                        "roxxel: step %d is the checkpoint just restored; not saving it again", step
+                    )
+                    return False
+                if not overwrite:
+                    raise StepExistsError(
+                        f"step {step} is already saved in {self.directory}. Pass overwrite=True "
+                        f"to replace it, or save a new step (latest is {steps[-1]}).",
+                        step=step,
+                    )
+                self._store.delete(step)
+            elif steps and step < steps[-1] and not overwrite:
+                raise StepOrderError(
+                    f"step {step} is lower than the latest saved step {steps[-1]} in "
+                    f"{self.directory}. Steps must increase so that restore() resumes from the "
+                    "newest state. Pass overwrite=True to save it anyway (restore() still "
+                    f"resumes from step {steps[-1]}), or use a higher step.",
+                    step=step,
+                    latest=steps[-1],
+                )
+            tree, keys = self._snapshot()
+            try:
+                self._store.save(step, tree, {"keys": keys}, metrics)
+            except Exception as exc:
+                self._store.recover()
+                raise BackgroundWriteError(
+                    f"could not start saving step {step} to {self.directory}: {exc}", step=step
+                ) from exc
+            self._pending_step = step
+            self._restored_step = None
+            self.last_save_seconds = time.perf_counter() - started
+            return True
+
+    def _snapshot(self) -> tuple[dict[str, Any], dict[str, str]]:
+        tree: dict[str, Any] = {}
+        keys: dict[str, str] = {}
+        for path, variable in _state.variables(self.model, self.optimizer).items():
+            value = variable.get_value()
+            if _state.is_key(value):
+                keys[path] = _state.key_impl_name(value)
+            tree[path] = _state.to_saved(value)
+        return tree, keys
+
+    def _finish_pending(self) -> None:
+        """Wait for the save in flight; turn its failure into a BackgroundWriteError."""
+        step = self._pending_step
+        try:
+            self._wait_bounded()
+        except TimeoutError:
+            raise
+        except Exception as exc:
+            self._pending_step = None
+            self._store.recover()
+            raise BackgroundWriteError(
+                f"saving step {step} to {self.directory} failed in the background: "
+                f"{type(exc).__name__}: {exc}. Step {step} was not committed; earlier "
+                "checkpoints are intact. Fix the cause (disk space, permissions) and save again.",
+                step=step,
+            ) from exc
+        self._pending_step = None
+
+    def _wait_bounded(self) -> None:
+        """`Store.wait()`, but failing with TimeoutError after `timeout` seconds."""
+        if not self._store.is_saving() and self._pending_step is None:
+            self._store.wait()
+            return
+        outcome: list[BaseException] = []
+
+        def wait() -> None:
+            try:
+                self._store.wait()
+            except BaseException as exc:  # noqa: BLE001  handed to the caller below
+                outcome.append(exc)
+
+        waiter = threading.Thread(target=wait, name="roxxel-wait", daemon=True)
+        waiter.start()
+        waiter.join(self._timeout)
+        if waiter.is_alive():
+            raise TimeoutError(
+                f"saving step {self._pending_step} to {self.directory} did not finish within "
+                f"timeout={self._timeout:g} s. The storage may be unreachable or very slow; "
+                "raise timeout= or check the storage."
+            )
+        if outcome:
+            raise outcome[0]
+
+    def wait_until_finished(self) -> None:
+        """Block until the save in flight is committed (and old steps are deleted).
+
+        Raises:
+            BackgroundWriteError: the save failed; the step is not on disk.
+            TimeoutError: it did not finish within `timeout` seconds.
+        """
+        with self._lock:
+            self._check_open()
+            self._finish_pending()
+
+    # ---------------------------------------------------------------------- restore
+    def restore(
+        self,
+        step: int | None = None,
+        *,
+        best: bool = False,
+        rename: Mapping[str, str] | None = None,
+        on_mismatch: OnMismatch = "error",
+    ) -> int:
+        """Restore a checkpoint into the model and optimizer in place; return its step.
+
+        Without arguments the newest committed checkpoint is restored, and 0 is returned when
+        there is none (a fresh start). Leaves that still fit the current model are restored;
+        what did not fit is in `last_restore_report`, and a one-line summary is logged.
+
+        Args:
+            step: restore this step instead of the newest.
+            best: restore the step with the best `best_metric` instead.
+            rename: `{current name: saved name}` for renamed layers, e.g. `{"encoder": "enc"}`.
+            on_mismatch: "error" (default) refuses leaves whose shape changed and leaves the
+                model untouched; "skip" restores the rest and keeps those at their values.
+
+        Returns:
+            The restored step, or 0 when the directory has no checkpoint.
+
+        Raises:
+            StepNotFoundError: `step` is not on disk (the message lists the steps that are).
+            NoCheckpointError: `best=True` but no checkpoint has a finite `best_metric`.
+            RestoreMismatchError: a saved leaf's shape differs and `on_mismatch="error"`.
+        """
+        with self._lock:
+            planned = self._plan(step, best=best, rename=rename, on_mismatch=on_mismatch)
+            if planned is None:
+                return 0
+            self._apply(*planned)
+            return planned[0].report.step
+
+    def plan_restore(
+        self,
+        step: int | None = None,
+        *,
+        best: bool = False,
+        rename: Mapping[str, str] | None = None,
+    ) -> RestoreReport | None:
+        """A dry run of `restore()`: the report of what it would do, without touching the model.
+
+        Returns None when the directory has no checkpoint.
+        """
+        with self._lock:
+            planned = self._plan(step, best=best, rename=rename, on_mismatch="skip")
+            return None if planned is None else planned[0].report
+
+    def _choose_step(self, step: int | None, best: bool) -> int | None:
+        steps = self._store.all_steps()
+        if best:
+            if step is not None:
+                raise InvalidArgumentError(
+                    "pass either step= or best=True to restore(), not both.",
+                    name="best",
+                    value=best,
+                )
+            chosen = best_step(self._store.checkpoints(), self._retention)
+            if chosen is None:
+                raise NoCheckpointError(
+                    f"restore(best=True): no checkpoint in {self.directory} has a finite "
+                    f"{self._retention.best_metric!r} metric (steps on disk: {steps}). Restore the "
+                    "newest with restore(), or a given one with restore(step=N)."
+                )
+            return chosen
+        if step is None:
+            return steps[-1] if steps else None
+        step = _validate.step(step)
+        self._require_step(step, steps)
+        return step
+
+    def _require_step(self, step: int, steps: list[int]) -> None:
+        if step not in steps:
+            raise StepNotFoundError(
+                f"step {step} is not a committed checkpoint in {self.directory}; the steps there "
+                f"are {steps or 'none'}.",
+                step=step,
+                available=steps,
+            )
+
+    def _plan(
+        self,
+        step: int | None,
+        *,
+        best: bool,
+        rename: Mapping[str, str] | None,
+        on_mismatch: str,
+    ) -> tuple[_restore.RestorePlan, dict[str, _state.LeafSpec]] | None:
+        self._check_open()
+        _validate.choice(on_mismatch, name="on_mismatch", options=("error", "skip"))
+        renames = _restore.check_rename(rename)
+        if self._pending_step is not None:
+            self._finish_pending()
+        chosen = self._choose_step(step, best)
+        if chosen is None:
+            self.last_restore_report = None
+            return None
+        current = {
+            path: _state.spec_of(variable.get_value())
+            for path, variable in _state.variables(self.model, self.optimizer).items()
+        }
+        saved = self._store.leaf_specs(chosen)
+        planned = _restore.plan(chosen, saved, current, rename=renames)
+        if planned.report.mismatched and on_mismatch == "error":
+            raise RestoreMismatchError(
+                _restore.mismatch_message(planned.report, self.directory),
+                mismatched=dict(planned.report.mismatched),
+            )
+        return planned, saved
+
+    def _apply(self, planned: _restore.RestorePlan, saved: dict[str, _state.LeafSpec]) -> None:
+        """Read the planned leaves, convert them all, then set them: all or nothing."""
+        step = planned.report.step
+        live = _state.variables(self.model, self.optimizer)
+        targets = {}
+        for path, source in planned.reads.items():
+            stored = _state.to_saved(live[path].get_value())
+            sharding = getattr(stored, "sharding", None) or jax.sharding.SingleDeviceSharding(
+                jax.local_devices()[0]
+            )
+            targets[source] = jax.ShapeDtypeStruct(  # type: ignore[no-untyped-call]
+                saved[source].shape, saved[source].dtype, sharding=sharding
+            )
+        arrays = self._store.read(step, targets)
+        new_values = {}
+        for path, source in planned.reads.items():
+            current = live[path].get_value()
+            spec = _state.spec_of(current)
+            array = arrays[source]
+            if path in planned.report.cast:
+                array = array.astype(spec.dtype)
+            new_values[path] = _state.from_saved(array, current, spec)
+        for path, value in new_values.items():
+            live[path].set_value(value)
+        report = dataclasses.replace(planned.report, applied=True)
+        self.last_restore_report = report
+        self._restored_step = step
+        level = logging.INFO if report.exact else logging.WARNING
+        logger.log(level, "roxxel: restored %s", report.summary())
+
+    # -------------------------------------------------------------------- lifecycle
+    def close(self) -> None:
+        """Commit the save in flight and release resources; later calls raise.
+
+        Calling `close()` again does nothing.
+
+        Raises:
+            BackgroundWriteError: the last save failed; it is not on disk.
+        """
+        with self._lock:
+            if self._closed:
+                return
+            try:
+                self._finish_pending()
+            finally:
+                self._closed = True
+                _lifecycle.untrack(self)
+                self._store.close()
+
+    def __enter__(self) -> Checkpointer:
+        self._check_open()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise CheckpointerClosedError(
+                f"this Checkpointer for {self.directory} is closed. Create a new Checkpointer "
+                "to save or restore again."
+            )
+
+    def _drain_at_exit(self) -> None:
+        if not self._closed:
+            self.close()
+
+    def _on_sigterm(self) -> bool:
+        self.preemption_requested = True
+        return self._on_sigterm_mode == "exit"
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"Checkpointer({self.directory!r}, {state})"
+
+
+Checkpointer.__module__ = "roxxel.checkpoint"

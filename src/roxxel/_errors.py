@@ -1,0 +1,118 @@
+"""Every error Roxxel raises, in one hierarchy.
+
+```
+RoxxelError
+├── CheckpointPathError (ValueError)        the checkpoint directory is unusable
+├── InvalidArgumentError (ValueError)       a bad value passed to a call
+│   └── InvalidStepError                    a step that is not a non-negative integer
+├── StepExistsError (FileExistsError)       saving a step that is already on disk
+├── StepOrderError (ValueError)             saving a step below the latest one
+├── StepNotFoundError (FileNotFoundError)   restoring a step that is not on disk
+├── NoCheckpointError (FileNotFoundError)   asking for the best step where none is
+├── RestoreMismatchError (ValueError)       saved leaves that cannot go into the current model
+├── BackgroundWriteError (RuntimeError)     a background save failed
+├── CheckpointerClosedError (RuntimeError)  a call after `close()`
+└── ReadOnlyError (PermissionError)         a save on a read-only Checkpointer
+```
+
+Each error subclasses the builtin a user would already catch, and each message says what was
+wrong, which value or path it was, and what to do about it.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BackgroundWriteError",
+    "CheckpointPathError",
+    "CheckpointerClosedError",
+    "InvalidArgumentError",
+    "InvalidStepError",
+    "NoCheckpointError",
+    "ReadOnlyError",
+    "RestoreMismatchError",
+    "RoxxelError",
+    "StepExistsError",
+    "StepNotFoundError",
+    "StepOrderError",
+]
+
+
+class RoxxelError(Exception):
+    """Base class of every error Roxxel raises."""
+
+
+class CheckpointPathError(RoxxelError, ValueError):
+    """The checkpoint directory cannot be used: it is a file, or cannot be created or written."""
+
+    def __init__(self, message: str, *, path: str) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class InvalidArgumentError(RoxxelError, ValueError):
+    """An argument has the wrong type or value."""
+
+    def __init__(self, message: str, *, name: str, value: object) -> None:
+        super().__init__(message)
+        self.name = name
+        self.value = value
+
+
+class InvalidStepError(InvalidArgumentError):
+    """A step that is not a non-negative integer."""
+
+
+class StepExistsError(RoxxelError, FileExistsError):
+    """A save of a step that is already committed on disk."""
+
+    def __init__(self, message: str, *, step: int) -> None:
+        super().__init__(message)
+        self.step = step
+
+
+class StepOrderError(RoxxelError, ValueError):
+    """A save of a step lower than the latest committed one."""
+
+    def __init__(self, message: str, *, step: int, latest: int) -> None:
+        super().__init__(message)
+        self.step = step
+        self.latest = latest
+
+
+class StepNotFoundError(RoxxelError, FileNotFoundError):
+    """A restore of a step that is not committed on disk."""
+
+    def __init__(self, message: str, *, step: int, available: list[int]) -> None:
+        super().__init__(message)
+        self.step = step
+        self.available = available
+
+
+class NoCheckpointError(RoxxelError, FileNotFoundError):
+    """A request that needs a checkpoint (or one with metrics) where there is none."""
+
+
+class RestoreMismatchError(RoxxelError, ValueError):
+    """Saved leaves whose shape does not fit the current model; nothing was changed."""
+
+    def __init__(
+        self, message: str, *, mismatched: dict[str, tuple[tuple[int, ...], tuple[int, ...]]]
+    ) -> None:
+        super().__init__(message)
+        self.mismatched = mismatched
+
+
+class BackgroundWriteError(RoxxelError, RuntimeError):
+    """A save that was running in the background failed; the step is not on disk."""
+
+    def __init__(self, message: str, *, step: int | None) -> None:
+        super().__init__(message)
+        self.step = step
+
+
+class CheckpointerClosedError(RoxxelError, RuntimeError):
+    """A call on a Checkpointer after `close()`."""
+
+
+class ReadOnlyError(RoxxelError, PermissionError):
+    """A save or delete on a Checkpointer opened with `read_only=True`."""

@@ -1,0 +1,107 @@
+"""Process lifecycle: commit in-flight saves at interpreter exit and on SIGTERM.
+
+At exit, CPython's `threading._shutdown` first runs the callbacks registered with
+`threading._register_atexit` (last registered first), then joins non-daemon threads, and only
+then runs `atexit` callbacks. `concurrent.futures` shuts its executors down from one of those
+threading callbacks; Orbax's background save still needs them, so a drain registered with
+`atexit` comes too late (the save is lost and a later run may wait 300 s). The drain here is
+registered with `threading._register_atexit` *after* `concurrent.futures.thread` has registered
+its own, so it runs first and finishes every save while the executors still work.
+
+SIGTERM's default action kills the process without any of this. `install_sigterm_handler`
+replaces the default (and only the default) with a handler that records the request and, for
+Checkpointers that asked to exit at once, raises `SystemExit(143)` so the drain runs.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures.thread  # noqa: F401  registers its exit hook before ours
+import logging
+import signal
+import sys
+import threading
+import weakref
+from collections.abc import Callable
+from types import FrameType
+from typing import Protocol
+
+logger = logging.getLogger("roxxel")
+
+SIGTERM_EXIT_CODE = 128 + signal.SIGTERM
+
+
+class Drainable(Protocol):
+    def _drain_at_exit(self) -> None: ...
+    def _on_sigterm(self) -> bool: ...
+
+
+_live: weakref.WeakSet[Drainable] = weakref.WeakSet()
+_lock = threading.Lock()
+_registered = False
+_handler_installed = False
+
+
+def _drain() -> None:
+    """Finish every live Checkpointer's saves; log (never raise) what fails."""
+    for checkpointer in list(_live):
+        try:
+            checkpointer._drain_at_exit()
+        except BaseException as exc:  # noqa: BLE001  an exit hook must not raise
+            logger.error("roxxel: a checkpoint could not be committed at exit: %s", exc)
+            print(f"roxxel: a checkpoint could not be committed at exit: {exc}", file=sys.stderr)
+
+
+def _register_exit_hook() -> None:
+    global _registered
+    if _registered:
+        return
+    register: Callable[[Callable[[], None]], None]
+    try:
+        register = threading._register_atexit  # type: ignore[attr-defined]
+        register(_drain)
+    except (AttributeError, RuntimeError):
+        # Not CPython >= 3.9, or shutdown has begun: atexit is the best that is left.
+        import atexit
+
+        atexit.register(_drain)
+    _registered = True
+
+
+def track(checkpointer: Drainable) -> None:
+    """Drain `checkpointer` at interpreter exit (it is held weakly)."""
+    with _lock:
+        _register_exit_hook()
+        _live.add(checkpointer)
+
+
+def untrack(checkpointer: Drainable) -> None:
+    with _lock:
+        _live.discard(checkpointer)
+
+
+def _handle_sigterm(signum: int, frame: FrameType | None) -> None:
+    exit_now = False
+    for checkpointer in list(_live):
+        exit_now = checkpointer._on_sigterm() or exit_now
+    if exit_now or not _live:
+        logger.warning("roxxel: SIGTERM received; committing in-flight saves, then exiting")
+        raise SystemExit(SIGTERM_EXIT_CODE)
+    logger.warning("roxxel: SIGTERM received; the training loop was asked to stop")
+
+
+def install_sigterm_handler() -> bool:
+    """Install the SIGTERM handler if SIGTERM still has its default action.
+
+    Returns True if Roxxel's handler is (now) installed. Only the main thread can install
+    signal handlers; elsewhere, and when the program set its own handler, nothing changes.
+    """
+    global _handler_installed
+    if _handler_installed:
+        return True
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        return False
+    signal.signal(signal.SIGTERM, _handle_sigterm)
+    _handler_installed = True
+    return True

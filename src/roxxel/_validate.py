@@ -1,0 +1,193 @@
+"""Checks of user input, done at the call, before anything touches disk.
+
+Each function returns the normalised value or raises an error that names the argument, the
+value received and what to pass instead.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from ._errors import InvalidArgumentError, InvalidStepError
+
+
+def _describe(value: object) -> str:
+    text = repr(value)
+    if len(text) > 80:
+        text = text[:77] + "..."
+    return f"{text} (type {type(value).__name__})"
+
+
+def step(value: Any, *, name: str = "step") -> int:
+    """Return `value` as a non-negative `int`.
+
+    Python, NumPy and JAX integer scalars are accepted. Booleans, floats (even `5.0`),
+    strings and arrays with more than one element are refused.
+    """
+    if isinstance(value, (bool, np.bool_)):
+        raise InvalidStepError(
+            f"{name} must be a non-negative integer, got {_describe(value)}. "
+            f"Booleans are not steps: pass the training step counter, e.g. {name}=100.",
+            name=name,
+            value=value,
+        )
+    if isinstance(value, numbers.Integral):
+        result = int(value)
+    elif hasattr(value, "dtype") and getattr(value, "shape", None) == ():
+        kind = np.dtype(value.dtype).kind if _is_numpy_dtype(value) else ""
+        if kind not in ("i", "u"):
+            raise InvalidStepError(
+                f"{name} must be a non-negative integer, got a scalar of dtype "
+                f"{value.dtype}: {_describe(value)}. Pass int({name}) if the value "
+                "is whole, or use the integer step counter.",
+                name=name,
+                value=value,
+            )
+        result = int(value)  # type: ignore[call-overload]
+    else:
+        hint = ""
+        if isinstance(value, float) and math.isfinite(value) and value == int(value):
+            hint = f" Use {name}={int(value)}."
+        elif isinstance(value, str) and value.strip().lstrip("-").isdigit():
+            hint = f" Convert it first: {name}=int({value!r})."
+        raise InvalidStepError(
+            f"{name} must be a non-negative integer, got {_describe(value)}.{hint}",
+            name=name,
+            value=value,
+        )
+    if result < 0:
+        raise InvalidStepError(
+            f"{name} must be a non-negative integer, got {result}. Steps name checkpoint "
+            "folders and order them; count training steps from 0.",
+            name=name,
+            value=value,
+        )
+    return result
+
+
+def _is_numpy_dtype(value: Any) -> bool:
+    try:
+        np.dtype(value.dtype)
+    except TypeError:
+        return False
+    return True
+
+
+def metric_value(key: str, value: Any) -> float:
+    """Return one metric as a Python float; NaN and infinities are kept (they are never best)."""
+    if isinstance(value, (bool, np.bool_)) or isinstance(value, (str, bytes)):
+        raise InvalidArgumentError(
+            f"metrics_dict[{key!r}] must be a real number, got {_describe(value)}. "
+            "Pass a float such as the mean loss of the step.",
+            name=f"metrics_dict[{key!r}]",
+            value=value,
+        )
+    if isinstance(value, numbers.Real):
+        return float(value)
+    shape = getattr(value, "shape", None)
+    if hasattr(value, "dtype") and shape in ((), (1,)) and _is_numpy_dtype(value):
+        kind = np.dtype(value.dtype).kind
+        if kind in ("f", "i", "u"):
+            return float(np.asarray(value).reshape(()))
+    raise InvalidArgumentError(
+        f"metrics_dict[{key!r}] must be a real number, got {_describe(value)}. "
+        "Pass a Python float or a scalar array (call .mean() on a batch of values first).",
+        name=f"metrics_dict[{key!r}]",
+        value=value,
+    )
+
+
+def metrics(value: object, *, best_metric: str | None) -> dict[str, float] | None:
+    """Return `metrics_dict` as a dict of floats, checking that the best metric is there."""
+    if value is None:
+        if best_metric is not None:
+            raise InvalidArgumentError(
+                f"metrics_dict is required: the Checkpointer tracks the best checkpoint by "
+                f"{best_metric!r}. Pass metrics_dict={{{best_metric!r}: value}}, or create the "
+                "Checkpointer with best_metric=None to keep only the newest checkpoints.",
+                name="metrics_dict",
+                value=value,
+            )
+        return None
+    if not isinstance(value, Mapping):
+        raise InvalidArgumentError(
+            f"metrics_dict must be a mapping of metric names to numbers, got {_describe(value)}. "
+            'Pass e.g. metrics_dict={"loss": 0.52}.',
+            name="metrics_dict",
+            value=value,
+        )
+    result: dict[str, float] = {}
+    for key, item in value.items():
+        if not isinstance(key, str):
+            raise InvalidArgumentError(
+                f"metrics_dict keys must be strings, got {_describe(key)}.",
+                name="metrics_dict",
+                value=key,
+            )
+        result[key] = metric_value(key, item)
+    if best_metric is not None and best_metric not in result:
+        raise InvalidArgumentError(
+            f"metrics_dict has no {best_metric!r}, which the Checkpointer uses to keep the best "
+            f"checkpoint; it has {sorted(result)}. Add metrics_dict[{best_metric!r}], or create "
+            f"the Checkpointer with best_metric=<one of {sorted(result)}> or best_metric=None.",
+            name="metrics_dict",
+            value=value,
+        )
+    return result
+
+
+def count(value: object, *, name: str, minimum: int, allow_none: bool = False) -> int | None:
+    """Return an integer option that must be at least `minimum` (or None when allowed)."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) < minimum:
+        none = " or None" if allow_none else ""
+        raise InvalidArgumentError(
+            f"{name} must be an integer >= {minimum}{none}, got {_describe(value)}.",
+            name=name,
+            value=value,
+        )
+    return int(value)
+
+
+def positive_seconds(value: object, *, name: str) -> float:
+    """Return a timeout in seconds, which must be a finite positive number."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Real)
+        or not math.isfinite(float(value))
+        or float(value) <= 0
+    ):
+        raise InvalidArgumentError(
+            f"{name} must be a positive number of seconds, got {_describe(value)}. "
+            f"Pass e.g. {name}=1000.",
+            name=name,
+            value=value,
+        )
+    return float(value)
+
+
+def choice(value: object, *, name: str, options: tuple[str, ...]) -> str:
+    """Return `value` if it is one of `options`."""
+    if not isinstance(value, str) or value not in options:
+        raise InvalidArgumentError(
+            f"{name} must be one of {', '.join(map(repr, options))}, got {_describe(value)}.",
+            name=name,
+            value=value,
+        )
+    return value
+
+
+def instance(value: Any, cls: type, *, name: str, hint: str) -> None:
+    """Raise unless `value` is an instance of `cls`."""
+    if not isinstance(value, cls):
+        raise InvalidArgumentError(
+            f"{name} must be a {cls.__module__}.{cls.__qualname__}, got {_describe(value)}. {hint}",
+            name=name,
+            value=value,
+        )
