@@ -13,7 +13,8 @@ EXAMPLE = Path(__file__).parent / "data" / "page_example.py"
 
 
 def _steps(directory: Path) -> list[str]:
-    return sorted(p.name for p in directory.iterdir())
+    """Step folders (other entries, such as the writer lock, are not checkpoints)."""
+    return sorted(p.name for p in directory.iterdir() if p.name.isdigit())
 
 
 def test_committed_example_is_the_page_verbatim() -> None:
