@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import jax
@@ -58,7 +59,9 @@ def train_steps(model: MLP, optimizer: nnx.Optimizer, n: int, seed: int = 0) -> 
     return float(loss)
 
 
-def state_arrays(model: nnx.Module, optimizer: nnx.Optimizer | None = None) -> dict[str, np.ndarray]:
+def state_arrays(
+    model: nnx.Module, optimizer: nnx.Optimizer | None = None
+) -> dict[str, np.ndarray]:
     """Every leaf of model (and optimizer) as NumPy, keyed by path, for exact comparison."""
     from roxxel._state import to_saved, variables
 
@@ -93,3 +96,19 @@ def run_python(
 @pytest.fixture
 def ckdir(tmp_path: Path) -> Path:
     return tmp_path / "ck"
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 24 MiB tmpfs: a real filesystem that fills up."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mount)], capture_output=True
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)

@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from conftest import make
 from roxxel.checkpoint import BackgroundWriteError, Checkpointer
 
 TRAINER = """
@@ -92,7 +91,9 @@ def test_failed_background_write_is_reported_and_earlier_steps_survive(small_dis
     big = Sized(8192)  # 32 MiB of random floats: cannot fit in 24 MiB
     ck = Checkpointer(str(ckdir), big, None, best_metric=None)
     ck.save(2)
-    with pytest.raises(BackgroundWriteError, match=r"saving step 2 .* failed in the background") as info:
+    with pytest.raises(
+        BackgroundWriteError, match=r"saving step 2 .* failed in the background"
+    ) as info:
         ck.wait_until_finished()
     assert info.value.step == 2
     assert "No space left on device" in str(info.value) or "RESOURCE_EXHAUSTED" in str(info.value)
@@ -108,7 +109,9 @@ def test_failed_background_write_is_reported_and_earlier_steps_survive(small_dis
     restored.w.set_value(np.zeros((256, 1024), np.float32))
     with Checkpointer(str(ckdir), restored, None, best_metric=None) as reader:
         assert reader.restore(step=1) == 1
-    np.testing.assert_array_equal(np.asarray(restored.w.get_value()), np.asarray(small.w.get_value()))
+    np.testing.assert_array_equal(
+        np.asarray(restored.w.get_value()), np.asarray(small.w.get_value())
+    )
 
 
 def test_exit_hook_is_registered_before_executor_shutdown() -> None:
@@ -126,4 +129,3 @@ threading._register_atexit(hook)
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
     )
     assert "submit ok: 42" in result.stdout, result.stderr
-

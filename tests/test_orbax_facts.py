@@ -38,7 +38,7 @@ def test_standard_restore_rejects_a_changed_structure(tmp_path: Path) -> None:
         manager.wait_until_finished()
         bigger = {**_tree(0.0), "extra": jnp.zeros((2,))}
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, bigger)
-        with pytest.raises(ValueError, match="do not match|mismatch"):
+        with pytest.raises(ValueError, match=r"do not match|mismatch"):
             manager.restore(0, args=ocp.args.StandardRestore(abstract))
 
 

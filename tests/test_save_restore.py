@@ -27,7 +27,9 @@ def test_round_trip_is_exact_and_captured_at_save_time(ckdir: Path) -> None:
     with Checkpointer(str(ckdir), model, optimizer) as ck:
         assert ck.save(3, {"loss": 0.5}) is True
         train_steps(model, optimizer, 2)  # keeps training while the save is written
-    assert not np.array_equal(at_save["model/head/kernel"], state_arrays(model)["model/head/kernel"])
+    assert not np.array_equal(
+        at_save["model/head/kernel"], state_arrays(model)["model/head/kernel"]
+    )
 
     fresh_model, fresh_opt = make(seed=7)
     with Checkpointer(str(ckdir), fresh_model, fresh_opt) as ck:

@@ -12,8 +12,8 @@ from flax import nnx
 
 from conftest import make
 from roxxel.checkpoint import (
-    CheckpointerClosedError,
     Checkpointer,
+    CheckpointerClosedError,
     CheckpointPathError,
     InvalidArgumentError,
     InvalidStepError,
@@ -78,7 +78,7 @@ def test_lower_step_not_on_disk_is_an_error_unless_overwrite(saved: Checkpointer
 
 
 def test_existing_step_is_refused_then_replaced_with_overwrite(saved: Checkpointer) -> None:
-    with pytest.raises(StepExistsError, match="step 20 is already saved.*overwrite=True"):
+    with pytest.raises(StepExistsError, match=r"step 20 is already saved.*overwrite=True"):
         saved.save(20, {"loss": 5.0})
     assert saved.metrics(20) == {"loss": 1.0}
     assert saved.save(20, {"loss": 5.0}, overwrite=True)
