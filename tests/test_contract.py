@@ -62,3 +62,23 @@ print("saved")
     assert "Traceback" not in result.stderr
     assert _steps(tmp_path / "ck") == ["5"]
     assert (tmp_path / "ck" / "5" / "state").is_dir()
+
+
+def test_checkpointer_made_in_a_function_that_returns_is_still_drained(tmp_path: Path) -> None:
+    code = """
+import optax
+from flax import nnx
+from roxxel.checkpoint import Checkpointer
+
+def main():
+    model = nnx.Linear(1024, 1024, rngs=nnx.Rngs(0))
+    ck = Checkpointer("ck", model, nnx.Optimizer(model, optax.sgd(0.1), wrt=nnx.Param))
+    ck.save(5, {"loss": 1.0})
+
+main()
+"""
+    result = run_python(code, tmp_path, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    assert _steps(tmp_path / "ck") == ["5"]
+    assert not [p for p in (tmp_path / "ck").iterdir() if "tmp" in p.name]

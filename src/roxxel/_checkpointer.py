@@ -13,10 +13,11 @@ from typing import Any, Literal
 import jax
 from flax import nnx
 
-from . import _lifecycle, _paths, _restore, _state, _validate
+from . import _diagnose, _integrity, _lifecycle, _lock, _paths, _restore, _state, _validate
 from ._errors import (
     BackgroundWriteError,
     CheckpointerClosedError,
+    CorruptCheckpointError,
     InvalidArgumentError,
     NoCheckpointError,
     ReadOnlyError,
@@ -32,6 +33,7 @@ from ._retention import Retention, best_step
 logger = logging.getLogger("roxxel")
 
 OnSigterm = Literal["exit", "flag"]
+OnCorrupt = Literal["fallback", "error"]
 
 
 class Checkpointer:
@@ -62,6 +64,10 @@ class Checkpointer:
         compression: compress arrays with zstd (smaller files, 2-5x slower saves on few cores).
         on_sigterm: "exit" commits in-flight saves and exits with status 143 on SIGTERM;
             "flag" only sets `preemption_requested`, so the loop can save once more and stop.
+        on_corrupt: what `restore()` without a step does when the newest checkpoint fails its
+            checksums: "fallback" (default) logs a warning naming the step and files and
+            restores the newest intact one; "error" raises `CorruptCheckpointError`. A step
+            asked for by number or with `best=True` always raises.
 
     Raises:
         CheckpointPathError: `checkpoint_path` is a file, or cannot be created or written.
@@ -93,6 +99,7 @@ class Checkpointer:
         read_only: bool = False,
         compression: bool = False,
         on_sigterm: OnSigterm = "exit",
+        on_corrupt: OnCorrupt = "fallback",
     ) -> None:
         _validate.instance(
             model,
@@ -127,6 +134,9 @@ class Checkpointer:
         self._on_sigterm_mode = _validate.choice(
             on_sigterm, name="on_sigterm", options=("exit", "flag")
         )
+        self._on_corrupt = _validate.choice(
+            on_corrupt, name="on_corrupt", options=("fallback", "error")
+        )
         for flag_name, flag in (("read_only", read_only), ("compression", compression)):
             if not isinstance(flag, bool):
                 raise InvalidArgumentError(
@@ -136,16 +146,24 @@ class Checkpointer:
         self.directory = _paths.resolve(checkpoint_path, create=not read_only)
         self.model = model
         self.optimizer = optimizer
-        self._store = Store(
-            self.directory,
-            self._retention,
-            timeout=self._timeout,
-            read_only=read_only,
-            compression=compression,
-        )
+        # The writer lock comes first: partial folders may be another live writer's saves.
+        self._writer_lock = None if read_only else _lock.acquire(self.directory)
+        try:
+            self._store = Store(
+                self.directory,
+                self._retention,
+                timeout=self._timeout,
+                read_only=read_only,
+                compression=compression,
+            )
+        except BaseException:
+            if self._writer_lock is not None:
+                self._writer_lock.release()
+            raise
         self._store.remove_partial()
         self._closed = False
-        self._pending_step: int | None = None
+        self._pending_step = None
+        self._pending_bytes = 0
         self._restored_step: int | None = None
         self._lock = threading.RLock()
         self.last_restore_report: RestoreReport | None = None
@@ -245,17 +263,35 @@ class Checkpointer:
                     latest=steps[-1],
                 )
             tree, keys = self._snapshot()
+            self._pending_bytes = _diagnose.tree_bytes(tree)
             try:
                 self._store.save(step, tree, {"keys": keys}, metrics)
+            except TimeoutError:
+                self._pending_step = step  # later waits name it, and stay bounded
+                raise
             except Exception as exc:
-                self._store.recover()
+                self._recover_store()
                 raise BackgroundWriteError(
-                    f"could not start saving step {step} to {self.directory}: {exc}", step=step
+                    f"could not start saving step {step} to {self.directory}: "
+                    f"{type(exc).__name__}: {exc}."
+                    f"{_diagnose.explain(exc, self.directory, self._pending_bytes)}"
+                    f"{_peer_hint()}",
+                    step=step,
                 ) from exc
             self._pending_step = step
             self._restored_step = None
             self.last_save_seconds = time.perf_counter() - started
             return True
+
+    @property
+    def _pending_step(self) -> int | None:
+        """The step being written in the background, if any."""
+        return self._pending
+
+    @_pending_step.setter
+    def _pending_step(self, step: int | None) -> None:
+        self._pending = step
+        _lifecycle.hold(self, pending=step is not None)
 
     def _snapshot(self) -> tuple[dict[str, Any], dict[str, str]]:
         tree: dict[str, Any] = {}
@@ -276,11 +312,14 @@ class Checkpointer:
             raise
         except Exception as exc:
             self._pending_step = None
-            self._store.recover()
+            self._recover_store()
             raise BackgroundWriteError(
                 f"saving step {step} to {self.directory} failed in the background: "
-                f"{type(exc).__name__}: {exc}. Step {step} was not committed; earlier "
-                "checkpoints are intact. Fix the cause (disk space, permissions) and save again.",
+                f"{type(exc).__name__}: {exc}."
+                f"{_diagnose.explain(exc, self.directory, self._pending_bytes)} "
+                f"Step {step} was not committed; earlier "
+                "checkpoints are intact. Fix the cause (disk space, permissions) and save "
+                f"again.{_peer_hint()}",
                 step=step,
             ) from exc
         self._pending_step = None
@@ -299,7 +338,12 @@ class Checkpointer:
                 outcome.append(exc)
 
         waiter = threading.Thread(target=wait, name="roxxel-wait", daemon=True)
-        waiter.start()
+        try:
+            waiter.start()
+        except RuntimeError:
+            # Late in interpreter shutdown no thread can start: wait here, unbounded but sure.
+            self._store.wait()
+            return
         waiter.join(self._timeout)
         if waiter.is_alive():
             raise TimeoutError(
@@ -309,6 +353,18 @@ class Checkpointer:
             )
         if outcome:
             raise outcome[0]
+
+    def _recover_store(self) -> None:
+        """`Store.recover()`, which must not hide the error being reported.
+
+        Reopening syncs all JAX processes, so it fails too when a peer process is gone.
+        """
+        try:
+            self._store.recover()
+        except Exception:  # the caller raises the original error
+            logger.warning(
+                "roxxel: could not reopen %s after a failed save", self.directory, exc_info=True
+            )
 
     def wait_until_finished(self) -> None:
         """Block until the save in flight is committed (and old steps are deleted).
@@ -333,13 +389,20 @@ class Checkpointer:
         """Restore a checkpoint into the model and optimizer in place; return its step.
 
         Without arguments the newest committed checkpoint is restored, and 0 is returned when
-        there is none (a fresh start). Leaves that still fit the current model are restored;
-        what did not fit is in `last_restore_report`, and a one-line summary is logged.
+        there is none (a fresh start). Leaves that still fit the current model are restored
+        (read into the current dtype and sharding); leaves the checkpoint lacks keep their
+        values. What happened, leaf by leaf, is in `last_restore_report`, and its one-line
+        summary is logged (a warning unless the restore was exact). Either every planned leaf
+        is set or, on any error, none is.
 
         Args:
             step: restore this step instead of the newest.
             best: restore the step with the best `best_metric` instead.
-            rename: `{current name: saved name}` for renamed layers, e.g. `{"encoder": "enc"}`.
+            rename: `{current name: saved name}` for renamed attributes: with the saved
+                `encoder` now called `enc`, pass `{"enc": "encoder"}`. A name renames every
+                path component of that name (the optimizer's state too); a path such as
+                `{"model/enc": "model/encoder"}` renames that part of the model and the
+                optimizer's state for it.
             on_mismatch: "error" (default) refuses leaves whose shape changed and leaves the
                 model untouched; "skip" restores the rest and keeps those at their values.
 
@@ -350,6 +413,12 @@ class Checkpointer:
             StepNotFoundError: `step` is not on disk (the message lists the steps that are).
             NoCheckpointError: `best=True` but no checkpoint has a finite `best_metric`.
             RestoreMismatchError: a saved leaf's shape differs and `on_mismatch="error"`.
+            InvalidArgumentError: a `rename` key names nothing in the current model (the
+                message gives the reversed map when that is the likely slip).
+            CorruptCheckpointError: the step's files fail their checksums (checked before
+                anything is read; without `step`, see `on_corrupt`) or its metadata cannot be
+                parsed; the model is unchanged.
+            TimeoutError: a save in flight did not finish within `timeout` seconds.
         """
         with self._lock:
             planned = self._plan(step, best=best, rename=rename, on_mismatch=on_mismatch)
@@ -367,7 +436,15 @@ class Checkpointer:
     ) -> RestoreReport | None:
         """A dry run of `restore()`: the report of what it would do, without touching the model.
 
-        Returns None when the directory has no checkpoint.
+        Only metadata is read. Mismatched shapes are listed in the report, not raised.
+
+        Returns:
+            The report (`applied` is False), or None when the directory has no checkpoint.
+
+        Raises:
+            StepNotFoundError: `step` is not on disk.
+            NoCheckpointError: `best=True` but no checkpoint has a finite `best_metric`.
+            InvalidArgumentError: a `rename` key names nothing in the current model.
         """
         with self._lock:
             planned = self._plan(step, best=best, rename=rename, on_mismatch="skip")
@@ -396,6 +473,49 @@ class Checkpointer:
         self._require_step(step, steps)
         return step
 
+    def _verified(self, chosen: int | None, *, may_fall_back: bool) -> int | None:
+        """Check `chosen` against its checksums before any of it is read.
+
+        A damaged step raises `CorruptCheckpointError`, or, when `may_fall_back` and
+        `on_corrupt="fallback"`, is skipped with a warning for the newest older intact step.
+        """
+        if chosen is None or not self._store.verifies_checksums:
+            return chosen
+        candidates = [chosen]
+        if may_fall_back and self._on_corrupt == "fallback":
+            candidates += sorted((s for s in self._store.all_steps() if s < chosen), reverse=True)
+        damaged: list[CorruptCheckpointError] = []
+        for candidate in candidates:
+            result = _integrity.check(self._store.step_dir(candidate), candidate)
+            if result.ok:
+                if damaged:
+                    logger.warning(
+                        "roxxel: restoring step %d, the newest intact checkpoint in %s; the "
+                        "newer steps %s are damaged (run `roxxel verify` for details)",
+                        candidate,
+                        self.directory,
+                        [e.step for e in damaged],
+                    )
+                return candidate
+            damaged.append(_integrity.corrupt_error(self.directory, result))
+            if len(candidates) == 1:
+                raise damaged[0]
+            logger.warning(
+                "roxxel: step %d in %s is damaged, falling back to an older step: %s",
+                candidate,
+                self.directory,
+                "; ".join(result.problems[:5]),
+            )
+        raise CorruptCheckpointError(
+            f"every checkpoint in {self.directory} is damaged (steps "
+            f"{[e.step for e in damaged]}); nothing was restored. The first problems: "
+            f"{damaged[0].problems[:3]}. Run `roxxel verify {self.directory}` for the full "
+            "list; start from scratch with a new checkpoint_path if none can be repaired.",
+            step=damaged[0].step,
+            path=damaged[0].path,
+            problems=damaged[0].problems,
+        )
+
     def _require_step(self, step: int, steps: list[int]) -> None:
         if step not in steps:
             raise StepNotFoundError(
@@ -419,6 +539,7 @@ class Checkpointer:
         if self._pending_step is not None:
             self._finish_pending()
         chosen = self._choose_step(step, best)
+        chosen = self._verified(chosen, may_fall_back=step is None and not best)
         if chosen is None:
             self.last_restore_report = None
             return None
@@ -432,6 +553,7 @@ class Checkpointer:
             raise RestoreMismatchError(
                 _restore.mismatch_message(planned.report, self.directory),
                 mismatched=dict(planned.report.mismatched),
+                report=planned.report,
             )
         return planned, saved
 
@@ -439,24 +561,16 @@ class Checkpointer:
         """Read the planned leaves, convert them all, then set them: all or nothing."""
         step = planned.report.step
         live = _state.variables(self.model, self.optimizer)
-        targets = {}
-        for path, source in planned.reads.items():
-            stored = _state.to_saved(live[path].get_value())
-            sharding = getattr(stored, "sharding", None) or jax.sharding.SingleDeviceSharding(
-                jax.local_devices()[0]
-            )
-            targets[source] = jax.ShapeDtypeStruct(  # type: ignore[no-untyped-call]
-                saved[source].shape, saved[source].dtype, sharding=sharding
-            )
+        targets = {
+            source: _state.read_target(live[path].get_value(), saved[source])
+            for path, source in planned.reads.items()
+        }
         arrays = self._store.read(step, targets)
         new_values = {}
         for path, source in planned.reads.items():
             current = live[path].get_value()
             spec = _state.spec_of(current)
-            array = arrays[source]
-            if path in planned.report.cast:
-                array = array.astype(spec.dtype)
-            new_values[path] = _state.from_saved(array, current, spec)
+            new_values[path] = _state.from_saved(arrays[source], current, spec)
         for path, value in new_values.items():
             live[path].set_value(value)
         report = dataclasses.replace(planned.report, applied=True)
@@ -466,6 +580,47 @@ class Checkpointer:
         logger.log(level, "roxxel: restored %s", report.summary())
 
     # -------------------------------------------------------------------- lifecycle
+    def final_save(self, step: int, metrics_dict: Mapping[str, Any] | None = None) -> int:
+        """Save the current state as `step`, wait until it is committed, then close.
+
+        The call to make once when training stops, for whatever reason: the loop finished,
+        or `preemption_requested` became True after a SIGTERM (with `on_sigterm="flag"`).
+        If `step` is already on disk or is the save in flight, nothing new is written.
+        Waiting is bounded by `timeout`.
+
+        Args:
+            step: the step of the current state.
+            metrics_dict: as for `save()`.
+
+        Returns:
+            `step`, now committed on disk.
+
+        Raises:
+            BackgroundWriteError: this save or the one before failed; `step` is not on disk.
+            TimeoutError: the save did not finish within `timeout` seconds.
+
+        Example:
+            ```python norun
+            ck = Checkpointer("./checkpoints", model, optimizer, on_sigterm="flag")
+            step = ck.restore()
+            while step < total_steps and not ck.preemption_requested:
+                loss = train_step(model, optimizer, batch)
+                step += 1
+                if step % 100 == 0:
+                    ck.save(step, {"loss": float(loss)})
+            ck.final_save(step, {"loss": float(loss)})
+            ```
+        """
+        with self._lock:
+            self._check_open()
+            step = _validate.step(step)
+            if step != self._pending_step:
+                self._finish_pending()
+                if step not in self._store.all_steps():
+                    self.save(step, metrics_dict)
+            self.close()
+            return step
+
     def close(self) -> None:
         """Commit the save in flight and release resources; later calls raise.
 
@@ -482,7 +637,11 @@ class Checkpointer:
             finally:
                 self._closed = True
                 _lifecycle.untrack(self)
-                self._store.close()
+                try:
+                    self._store.close()
+                finally:
+                    if self._writer_lock is not None:
+                        self._writer_lock.release(clean=not self._store.is_saving())
 
     def __enter__(self) -> Checkpointer:
         self._check_open()
@@ -514,6 +673,19 @@ class Checkpointer:
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
         return f"Checkpointer({self.directory!r}, {state})"
+
+
+def _peer_hint() -> str:
+    """In a multi-process job, the likely cause of a failed collective save."""
+    count = jax.process_count()
+    if count == 1:
+        return ""
+    return (
+        f" This job has {count} JAX processes and every one must call save() with the same "
+        "step; this failure often means a peer process died or stopped (see its log and the "
+        "JAX coordination service messages). Restart the whole job; restore() resumes from "
+        "the newest committed step."
+    )
 
 
 Checkpointer.__module__ = "roxxel.checkpoint"

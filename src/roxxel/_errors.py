@@ -12,6 +12,9 @@ RoxxelError
 ├── RestoreMismatchError (ValueError)       saved leaves that cannot go into the current model
 ├── BackgroundWriteError (RuntimeError)     a background save failed
 ├── CheckpointerClosedError (RuntimeError)  a call after `close()`
+├── StorageUnreachableError (ConnectionError) the object store's endpoint does not answer
+├── CorruptCheckpointError (ValueError)     a step's files fail their checksums or cannot be parsed
+├── CheckpointLockedError (RuntimeError)    another process is writing to the directory
 └── ReadOnlyError (PermissionError)         a save on a read-only Checkpointer
 ```
 
@@ -21,10 +24,17 @@ wrong, which value or path it was, and what to do about it.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ._restore import RestoreReport
+
 __all__ = [
     "BackgroundWriteError",
     "CheckpointPathError",
     "CheckpointerClosedError",
+    "CheckpointLockedError",
+    "CorruptCheckpointError",
     "InvalidArgumentError",
     "InvalidStepError",
     "NoCheckpointError",
@@ -34,6 +44,7 @@ __all__ = [
     "StepExistsError",
     "StepNotFoundError",
     "StepOrderError",
+    "StorageUnreachableError",
 ]
 
 
@@ -93,13 +104,22 @@ class NoCheckpointError(RoxxelError, FileNotFoundError):
 
 
 class RestoreMismatchError(RoxxelError, ValueError):
-    """Saved leaves whose shape does not fit the current model; nothing was changed."""
+    """Saved leaves whose shape does not fit the current model; nothing was changed.
+
+    `.mismatched` maps each such path to `(saved shape, current shape)`; `.report` is the whole
+    `RestoreReport` of the refused restore (`applied` is False).
+    """
 
     def __init__(
-        self, message: str, *, mismatched: dict[str, tuple[tuple[int, ...], tuple[int, ...]]]
+        self,
+        message: str,
+        *,
+        mismatched: dict[str, tuple[tuple[int, ...], tuple[int, ...]]],
+        report: RestoreReport | None = None,
     ) -> None:
         super().__init__(message)
         self.mismatched = mismatched
+        self.report = report
 
 
 class BackgroundWriteError(RoxxelError, RuntimeError):
@@ -112,6 +132,49 @@ class BackgroundWriteError(RoxxelError, RuntimeError):
 
 class CheckpointerClosedError(RoxxelError, RuntimeError):
     """A call on a Checkpointer after `close()`."""
+
+
+class StorageUnreachableError(RoxxelError, ConnectionError):
+    """The endpoint of a `gs://` or `s3://` checkpoint directory did not answer."""
+
+    def __init__(self, message: str, *, path: str, endpoint: str) -> None:
+        super().__init__(message)
+        self.path = path
+        self.endpoint = endpoint
+
+
+class CorruptCheckpointError(RoxxelError, ValueError):
+    """A committed step whose files are damaged: a checksum, size or parse failure.
+
+    Attributes:
+        step: the step that is damaged (None when the directory as a whole cannot be read).
+        path: the step's folder (or the directory).
+        problems: one line per damaged file, naming it and what is wrong.
+    """
+
+    def __init__(
+        self, message: str, *, step: int | None, path: str, problems: tuple[str, ...]
+    ) -> None:
+        super().__init__(message)
+        self.step = step
+        self.path = path
+        self.problems = problems
+
+
+class CheckpointLockedError(RoxxelError, RuntimeError):
+    """Another live process holds the writer lock of the checkpoint directory.
+
+    Attributes:
+        path: the lock file.
+        host: the host name of the holder.
+        pid: its process id.
+    """
+
+    def __init__(self, message: str, *, path: str, host: str, pid: int) -> None:
+        super().__init__(message)
+        self.path = path
+        self.host = host
+        self.pid = pid
 
 
 class ReadOnlyError(RoxxelError, PermissionError):

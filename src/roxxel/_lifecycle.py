@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import concurrent.futures.thread  # noqa: F401  registers its exit hook before ours
 import logging
+import os
 import signal
 import sys
 import threading
@@ -36,19 +37,40 @@ class Drainable(Protocol):
 
 
 _live: weakref.WeakSet[Drainable] = weakref.WeakSet()
+# Checkpointers with a save in flight are also held strongly: a Checkpointer made inside a
+# function that returns without close() must still be drained at exit, not collected first.
+_held: set[Drainable] = set()
 _lock = threading.Lock()
 _registered = False
 _handler_installed = False
 
 
 def _drain() -> None:
-    """Finish every live Checkpointer's saves; log (never raise) what fails."""
-    for checkpointer in list(_live):
+    """Finish every live Checkpointer's saves; log (never raise) what fails.
+
+    If a save timed out, Orbax's writer threads (and the executor workers that
+    `concurrent.futures` joins at exit) may be stuck on storage that no longer answers, and
+    CPython would join them forever after this hook. The process then ends here with status
+    1 instead, skipping later exit handlers: the timeout bounds the exit too.
+    """
+    timed_out = False
+    with _lock:
+        checkpointers = list(set(_live) | _held)
+    for checkpointer in checkpointers:
         try:
             checkpointer._drain_at_exit()
         except BaseException as exc:  # noqa: BLE001  an exit hook must not raise
+            timed_out = timed_out or isinstance(exc, TimeoutError)
             logger.error("roxxel: a checkpoint could not be committed at exit: %s", exc)
             print(f"roxxel: a checkpoint could not be committed at exit: {exc}", file=sys.stderr)
+    if timed_out:
+        print(
+            "roxxel: exiting now, without waiting for writer threads stuck on the storage",
+            file=sys.stderr,
+            flush=True,
+        )
+        sys.stdout.flush()
+        os._exit(1)
 
 
 def _register_exit_hook() -> None:
@@ -77,6 +99,16 @@ def track(checkpointer: Drainable) -> None:
 def untrack(checkpointer: Drainable) -> None:
     with _lock:
         _live.discard(checkpointer)
+        _held.discard(checkpointer)
+
+
+def hold(checkpointer: Drainable, pending: bool) -> None:
+    """Keep `checkpointer` alive while it has a save in flight (`pending`), weakly otherwise."""
+    with _lock:
+        if pending:
+            _held.add(checkpointer)
+        else:
+            _held.discard(checkpointer)
 
 
 def _handle_sigterm(signum: int, frame: FrameType | None) -> None:

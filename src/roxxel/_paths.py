@@ -31,7 +31,8 @@ def resolve(path: object, *, create: bool) -> str:
             path=repr(path),
         )
     if is_url(path):
-        return path.rstrip("/")
+        scheme, rest = path.split("://", 1)
+        return f"{scheme}://{rest.rstrip('/')}"  # "s3://" stays a URL (and is refused later)
     absolute = os.path.abspath(os.path.expanduser(path))
     if os.path.exists(absolute) and not os.path.isdir(absolute):
         raise CheckpointPathError(
@@ -49,6 +50,13 @@ def resolve(path: object, *, create: bool) -> str:
             f"[errno {exc.errno}]. Choose a folder you can write to, or create it first.",
             path=absolute,
         ) from exc
+    if _read_only_filesystem(absolute):
+        raise CheckpointPathError(
+            f"checkpoint directory {absolute!r} is on a read-only filesystem "
+            f"({os.strerror(errno.EROFS)}). Remount it read-write or choose another folder to "
+            "save; open it with read_only=True to restore only.",
+            path=absolute,
+        )
     if not os.access(absolute, os.W_OK | os.X_OK):
         raise CheckpointPathError(
             f"checkpoint directory {absolute!r} is not writable by this process "
@@ -57,3 +65,10 @@ def resolve(path: object, *, create: bool) -> str:
             path=absolute,
         )
     return absolute
+
+
+def _read_only_filesystem(path: str) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):
+        return False

@@ -20,15 +20,44 @@ from flax import nnx
 
 _ROOTS = ("model", "optimizer")
 _PY_SCALARS = (bool, int, float, complex)
+STRING = "str"
+"""The dtype recorded in a LeafSpec for a string leaf (Orbax stores strings natively)."""
 
 
 @dataclasses.dataclass(frozen=True)
 class LeafSpec:
-    """Shape and dtype of one leaf, as stored (key data for PRNG keys)."""
+    """Shape and dtype of one leaf, as stored (key data for PRNG keys).
+
+    `python` marks a live Python scalar (`nnx.Variable(3)`): its dtype is NumPy's default for
+    the type, and a saved integer of another width is not a cast (NNX's transforms turn such
+    values into 32-bit arrays).
+    """
 
     shape: tuple[int, ...]
     dtype: str
     key_impl: str | None = None
+    python: bool = False
+
+    def casts_to(self, current: LeafSpec) -> bool:
+        """True when restoring this saved leaf into `current` changes its dtype."""
+        if self.dtype == current.dtype:
+            return False
+        return not (current.python and np.can_cast(self.dtype, current.dtype, "same_kind"))
+
+    def fits(self, current: LeafSpec) -> bool:
+        """True when this saved leaf can be restored into `current` (maybe with a cast)."""
+        if self.shape != current.shape or (self.dtype == STRING) != (current.dtype == STRING):
+            return False
+        # PRNG keys are never cast: a key of another implementation does not fit.
+        return self.key_impl == current.key_impl or not (self.key_impl or current.key_impl)
+
+    def describe(self) -> str:
+        """`shape (4, 8) float32`, `key<rbg> data of shape (4,)`, or `a string`."""
+        if self.dtype == STRING:
+            return "a string"
+        if self.key_impl is not None:
+            return f"key<{self.key_impl}> data of shape {self.shape}"
+        return f"shape {self.shape} {self.dtype}"
 
 
 def _path_string(root: str, path: tuple[Any, ...]) -> str:
@@ -70,9 +99,11 @@ def spec_of(value: Any) -> LeafSpec:
     if is_key(value):
         data = jax.random.key_data(value)
         return LeafSpec(tuple(data.shape), str(data.dtype), key_impl_name(value))
+    if isinstance(value, str):
+        return LeafSpec((), STRING, python=True)
     if isinstance(value, _PY_SCALARS):
         array = np.asarray(value)
-        return LeafSpec((), str(array.dtype))
+        return LeafSpec((), str(array.dtype), python=True)
     return LeafSpec(tuple(int(d) for d in value.shape), str(np.dtype(value.dtype)))
 
 
@@ -85,12 +116,38 @@ def to_saved(value: Any) -> Any:
     return value
 
 
+def read_target(current: Any, saved: LeafSpec) -> jax.ShapeDtypeStruct | str:
+    """What to read from disk to replace the live value `current`.
+
+    Device arrays are read straight into the current value's dtype (the cast happens while
+    reading) and sharding, so a checkpoint written on another device layout takes the current
+    one. Python scalars and NumPy arrays are read into host memory; Python scalars keep the
+    saved dtype, so that no 64-bit value is narrowed on the way. A string is read as one.
+    """
+    if isinstance(current, str):
+        return current
+    if isinstance(current, _PY_SCALARS):
+        return jax.ShapeDtypeStruct(saved.shape, np.dtype(saved.dtype))  # type: ignore[no-untyped-call]
+    stored = to_saved(current)
+    if isinstance(stored, np.ndarray):
+        return jax.ShapeDtypeStruct(saved.shape, stored.dtype)  # type: ignore[no-untyped-call]
+    return jax.ShapeDtypeStruct(  # type: ignore[no-untyped-call]
+        saved.shape, stored.dtype, sharding=stored.sharding
+    )
+
+
 def from_saved(array: Any, current: Any, spec: LeafSpec) -> Any:
-    """Turn a restored array back into the type of the current value it replaces."""
+    """Turn an array read with `read_target` into the type of the current value it replaces."""
     if spec.key_impl is not None:
         return jax.random.wrap_key_data(array, impl=spec.key_impl)
+    if isinstance(current, str):
+        return str(array)
     if isinstance(current, _PY_SCALARS):
         return type(current)(np.asarray(array).item())
+    if isinstance(current, np.ndarray):
+        return np.asarray(array, dtype=current.dtype)
+    if np.dtype(array.dtype) != np.dtype(current.dtype):
+        return array.astype(current.dtype)
     return array
 
 

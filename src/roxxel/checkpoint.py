@@ -9,7 +9,9 @@ from ._checkpointer import Checkpointer
 from ._errors import (
     BackgroundWriteError,
     CheckpointerClosedError,
+    CheckpointLockedError,
     CheckpointPathError,
+    CorruptCheckpointError,
     InvalidArgumentError,
     InvalidStepError,
     NoCheckpointError,
@@ -19,7 +21,9 @@ from ._errors import (
     StepExistsError,
     StepNotFoundError,
     StepOrderError,
+    StorageUnreachableError,
 )
+from ._integrity import StepIntegrity, verify
 from ._restore import RestoreReport
 
 __all__ = [
@@ -27,6 +31,8 @@ __all__ = [
     "CheckpointPathError",
     "Checkpointer",
     "CheckpointerClosedError",
+    "CheckpointLockedError",
+    "CorruptCheckpointError",
     "InvalidArgumentError",
     "InvalidStepError",
     "NoCheckpointError",
@@ -35,8 +41,11 @@ __all__ = [
     "RestoreReport",
     "RoxxelError",
     "StepExistsError",
+    "StepIntegrity",
     "StepNotFoundError",
     "StepOrderError",
+    "StorageUnreachableError",
+    "verify",
 ]
 
 for _name in __all__:

@@ -1,0 +1,5 @@
+"""`python -m roxxel`: the `roxxel` command."""
+
+from ._cli import main
+
+raise SystemExit(main())

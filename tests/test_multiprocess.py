@@ -1,0 +1,128 @@
+"""Multi-process: real 2-process `jax.distributed` jobs on CPU (4 fake devices each).
+
+The processes run `tests/mp_worker.py`; they join on 127.0.0.1 with gloo collectives, shard the
+model's kernels and the optimizer state over a mesh of all 8 devices, and save through the
+public `Checkpointer`. The checkpoint is then restored in the same job, in a new 2-process job
+and in single processes with 8, 2 and 1 devices. Every process runs under `timeout`, with a low
+heartbeat timeout, so a hang fails the test instead of blocking it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mpjob import Job, check_ok, run_job
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Job]:
+    """A checkpoint directory written by a 2-process job (steps 1-4; step 4 left in flight)."""
+    root = tmp_path_factory.mktemp("multiprocess")
+    ckpt, out = root / "ck", root / "out"
+    out.mkdir()
+    job = run_job("save", ckpt, out, processes=2, local_devices=4)
+    check_ok(job)
+    print(f"2-process save job: {job.wall:.1f} s wall; per-save (save+wait) seconds:")
+    for pid in (0, 1):
+        print(f"  process {pid}: {job.result(pid, 'save_seconds')}")
+    return ckpt, out, job
+
+
+def expected(out: Path) -> dict[str, np.ndarray]:
+    with np.load(out / "expected.npz") as data:
+        return {key: data[key] for key in data.files}
+
+
+def assert_same(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> None:
+    assert sorted(a) == sorted(b)
+    assert any(key.startswith("optimizer/opt_state") for key in a)
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+def test_state_is_sharded_across_both_processes(saved: tuple[Path, Path, Job]) -> None:
+    _, _, job = saved
+    for pid in (0, 1):
+        assert job.result(pid, "devices") == 8
+        assert job.result(pid, "local") == 4
+        # parameters and optimizer state each have shards in both processes
+        assert job.result(pid, "kernel_spans_processes") is True
+        assert job.result(pid, "mu_spans_processes") is True
+
+
+def test_one_checkpoint_with_shared_files_written_once(saved: tuple[Path, Path, Job]) -> None:
+    ckpt, _, _ = saved
+    entries = sorted(p.name for p in ckpt.iterdir() if not p.name.startswith("."))
+    # retention ran once: best (step 1, loss 0.5) and the 2 newest (3, 4); no partial folders
+    assert entries == ["1", "3", "4"]
+    for step in ("1", "3", "4"):
+        state = ckpt / step / "state"
+        # each process wrote its own shards into the one checkpoint
+        assert (state / "ocdbt.process_0").is_dir() and (state / "ocdbt.process_1").is_dir()
+        # the shared files exist once per step, with one consistent content
+        assert (ckpt / step / "_CHECKPOINT_METADATA").is_file()
+        assert json.loads((ckpt / step / "roxxel" / "metadata").read_text())["format"] == 1
+    metrics = {s: json.loads((ckpt / s / "metrics" / "metrics").read_text()) for s in ("1", "3")}
+    assert metrics["1"]["loss"] == 0.5 and metrics["3"]["loss"] == pytest.approx(0.8)
+    # the training loss, a replicated array over both processes, was accepted as a metric
+    assert 0 < metrics["3"]["train_loss"] < metrics["1"]["train_loss"]
+
+
+def test_restore_in_the_same_job(saved: tuple[Path, Path, Job]) -> None:
+    _, _, job = saved
+    for pid in (0, 1):
+        assert job.result(pid, "same_job_restored") == 3
+        assert job.result(pid, "same_job_equal") is True
+
+
+def test_last_save_committed_at_exit_in_every_process(saved: tuple[Path, Path, Job]) -> None:
+    ckpt, _, _ = saved
+    # step 4 was still being written when both processes reached the end of the script
+    metrics = json.loads((ckpt / "4" / "metrics" / "metrics").read_text())
+    assert metrics["loss"] == pytest.approx(0.7)
+    assert not [p for p in ckpt.iterdir() if "tmp" in p.name]
+
+
+def test_restore_in_a_new_two_process_job(saved: tuple[Path, Path, Job]) -> None:
+    ckpt, out, _ = saved
+    job = run_job("restore", ckpt, out, processes=2, local_devices=4)
+    check_ok(job)
+    for pid in (0, 1):
+        assert job.result(pid, "restored") == 4
+        assert job.result(pid, "steps") == [1, 3, 4]
+        assert job.result(pid, "best") == 1
+    with np.load(out / "restored-2x4.npz") as data:
+        assert_same(expected(out), {key: data[key] for key in data.files})
+
+
+@pytest.mark.parametrize("devices", [8, 2, 1])
+def test_restore_in_one_process(saved: tuple[Path, Path, Job], devices: int) -> None:
+    ckpt, out, _ = saved
+    job = run_job("restore", ckpt, out, processes=1, local_devices=devices)
+    check_ok(job)
+    assert job.result(0, "restored") == 4
+    assert job.result(0, "devices") == devices
+    with np.load(out / f"restored-1x{devices}.npz") as data:
+        assert_same(expected(out), {key: data[key] for key in data.files})
+
+
+def test_dead_peer_gives_a_clear_error_not_a_hang(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    # process 1 exits abruptly before saving; process 0 saves alone. A hang would hit the
+    # 120 s `timeout` (rc 124/137) instead.
+    job = run_job("die", tmp_path / "ck", out, processes=2, local_devices=4, limit=120)
+    assert job.returncodes[1] == 3
+    assert job.returncodes[0] not in (0, 124, 137), job.outputs[0][-6000:]
+    assert job.result(0, "outcome") == "BackgroundWriteError"
+    message = str(job.result(0, "message"))
+    assert "could not start saving step 1" in message
+    assert "2 JAX processes" in message and "peer process died" in message
+    # nothing half-written is taken for a checkpoint
+    assert not (tmp_path / "ck" / "1").exists()
