@@ -96,6 +96,18 @@ def _die_with_parent(args: list[str]) -> list[str]:
     return [setpriv, "--pdeathsig", "KILL", "--", *args] if setpriv else args
 
 
+def _spawn(args: list[str], log: Path, workdir: Path) -> subprocess.Popen[bytes]:
+    """Start a server in its own session, its output in `log`, killed if pytest dies."""
+    with open(log, "wb") as out:
+        return subprocess.Popen(
+            _die_with_parent(args),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=workdir,
+        )
+
+
 def _kill(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is None:
         with contextlib.suppress(ProcessLookupError):
@@ -151,14 +163,7 @@ def seaweed_s3(workdir: Path) -> Iterator[Server]:
         "-s3.port.lance=0",
         f"-s3.config={config}",
     ]
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            _die_with_parent(args),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            cwd=workdir,
-        )
+    proc = _spawn(args, log, workdir)
     try:
         url = f"http://127.0.0.1:{s3}"
         env = {
@@ -236,14 +241,7 @@ def fake_gcs(workdir: Path) -> Iterator[Server]:
         f"-public-host=127.0.0.1:{port}",
         "-log-level=warn",
     ]
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            _die_with_parent(args),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            cwd=workdir,
-        )
+    proc = _spawn(args, log, workdir)
     try:
         _wait_http(f"{url}/storage/v1/b", proc, log, 30)
         request = urllib.request.Request(

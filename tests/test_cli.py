@@ -385,3 +385,19 @@ def test_bfloat16_and_prng_keys_show_and_export(
             loaded = np.asarray(f.get_tensor(name))
             assert loaded.dtype == array.dtype, name
             assert loaded.tobytes() == array.tobytes(), name
+
+
+def test_unreachable_storage_has_its_own_exit_code(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import socket
+
+    with socket.socket() as probe:  # a port on loopback that nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "y")
+    code, _, err = run(capsys, "ls", "s3://bucket/run")
+    assert code == _cli.EXIT_STORAGE == 6
+    assert f"127.0.0.1:{port}" in err

@@ -37,6 +37,7 @@ from ._errors import (
     NoCheckpointError,
     RoxxelError,
     StepNotFoundError,
+    StorageUnreachableError,
 )
 
 if TYPE_CHECKING:
@@ -50,6 +51,7 @@ EXIT_USAGE = 2
 EXIT_NO_DIRECTORY = 3
 EXIT_NO_CHECKPOINT = 4
 EXIT_NO_STEP = 5
+EXIT_STORAGE = 6
 EXIT_INTERRUPTED = 130
 
 _EXIT_CODES = f"""\
@@ -60,6 +62,7 @@ exit codes:
   {EXIT_NO_DIRECTORY}    the checkpoint directory does not exist
   {EXIT_NO_CHECKPOINT}    the directory holds no committed checkpoint (--best: none ranked)
   {EXIT_NO_STEP}    the step asked for is not a committed checkpoint
+  {EXIT_STORAGE}    the storage (an s3:// or gs:// endpoint) did not answer
   {EXIT_INTERRUPTED}  interrupted (Ctrl-C)
 """
 
@@ -693,9 +696,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.handler(args, out, err)
         return code
-    except UsageError as exc:
-        return _fail(err, str(exc), EXIT_USAGE)
-    except InvalidArgumentError as exc:
+    except (UsageError, InvalidArgumentError) as exc:
         return _fail(err, str(exc), EXIT_USAGE)
     except CheckpointPathError as exc:
         return _fail(err, str(exc), EXIT_NO_DIRECTORY)
@@ -703,6 +704,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(err, str(exc), EXIT_NO_STEP)
     except NoCheckpointError as exc:
         return _fail(err, str(exc), EXIT_NO_CHECKPOINT)
+    except StorageUnreachableError as exc:
+        return _fail(err, str(exc), EXIT_STORAGE)
     except RoxxelError as exc:
         return _fail(err, str(exc), EXIT_DIFFERENT)
     except KeyboardInterrupt:
