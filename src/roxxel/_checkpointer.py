@@ -26,7 +26,7 @@ from ._errors import (
     StepNotFoundError,
     StepOrderError,
 )
-from ._orbax import Store
+from ._orbax import Store, run_bounded
 from ._restore import OnMismatch, RestoreReport
 from ._retention import Retention, best_step
 
@@ -329,30 +329,13 @@ class Checkpointer:
         if not self._store.is_saving() and self._pending_step is None:
             self._store.wait()
             return
-        outcome: list[BaseException] = []
-
-        def wait() -> None:
-            try:
-                self._store.wait()
-            except BaseException as exc:  # noqa: BLE001  handed to the caller below
-                outcome.append(exc)
-
-        waiter = threading.Thread(target=wait, name="roxxel-wait", daemon=True)
-        try:
-            waiter.start()
-        except RuntimeError:
-            # Late in interpreter shutdown no thread can start: wait here, unbounded but sure.
-            self._store.wait()
-            return
-        waiter.join(self._timeout)
-        if waiter.is_alive():
+        waiter = run_bounded(self._store.wait, timeout=self._timeout, name="roxxel-wait")
+        if waiter is not None and waiter.is_alive():
             raise TimeoutError(
                 f"saving step {self._pending_step} to {self.directory} did not finish within "
                 f"timeout={self._timeout:g} s. The storage may be unreachable or very slow; "
                 "raise timeout= or check the storage."
             )
-        if outcome:
-            raise outcome[0]
 
     def _recover_store(self) -> None:
         """`Store.recover()`, which must not hide the error being reported.

@@ -56,6 +56,34 @@ _PARSE_ERRORS = (
 )
 
 
+def run_bounded(call: Callable[[], Any], *, timeout: float, name: str) -> threading.Thread | None:
+    """Run `call` on a daemon thread and wait at most `timeout` seconds; re-raise its error.
+
+    Returns the thread that ran `call`; if it is still alive, time ran out (the caller raises
+    its own TimeoutError). A daemon thread, so a call stuck on storage does not
+    keep the process from exiting. Late in interpreter shutdown no thread can start; `call`
+    then runs here, unbounded but sure.
+    """
+    outcome: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            call()
+        except BaseException as exc:  # noqa: BLE001  handed to the caller below
+            outcome.append(exc)
+
+    worker = threading.Thread(target=run, name=name, daemon=True)
+    try:
+        worker.start()
+    except RuntimeError:
+        call()
+        return None
+    worker.join(timeout)
+    if outcome:
+        raise outcome[0]
+    return worker
+
+
 class _RetentionPolicy:
     """An Orbax preservation policy that defers to `_retention.steps_to_keep`."""
 
@@ -304,32 +332,20 @@ class Store:
         )
 
     def _bounded(self, call: Callable[[], Any], what: str) -> None:
-        """Run `call` on a helper thread and wait at most `timeout` seconds for it.
+        """Run `call` with `run_bounded`, failing with TimeoutError after `timeout` seconds.
 
         Orbax creates the step folder and copies arrays to the host on the caller's thread; on
-        storage that stops answering (a frozen or hung filesystem) that never returns. The
-        helper is a daemon thread, so a stuck one does not keep the process from exiting.
+        storage that stops answering (a frozen or hung filesystem) that never returns.
         """
-        outcome: list[BaseException] = []
-
-        def run() -> None:
-            try:
-                call()
-            except BaseException as exc:  # noqa: BLE001  handed to the caller below
-                outcome.append(exc)
-
-        worker = threading.Thread(target=run, name="roxxel-orbax-call", daemon=True)
-        self._worker = worker
-        worker.start()
-        worker.join(self.timeout)
-        if worker.is_alive():
+        worker = run_bounded(call, timeout=self.timeout, name="roxxel-orbax-call")
+        if worker is not None:
+            self._worker = worker
+        if worker is not None and worker.is_alive():
             raise TimeoutError(
                 f"{what} in {self.directory} did not finish within timeout={self.timeout:g} s: "
                 "the storage does not accept writes (frozen, hung or unreachable). The step is "
                 "not committed. Check the storage, or raise timeout= if it is only slow."
             )
-        if outcome:
-            raise outcome[0]
 
     def step_dir(self, step: int) -> str:
         """The folder of a committed step (local directories)."""
