@@ -216,7 +216,9 @@ def test_diff_usage_errors(
 # ---------------------------------------------------------------------------- verify
 def _flip_a_byte(step_dir: Path) -> Path:
     record = json.loads((step_dir / "roxxel_checksums.json").read_text())
-    name = max(record["files"], key=lambda rel: record["files"][rel][0])  # the largest file
+    sizes = {rel: entry[0] for rel, entry in record["files"].items()}
+    sizes.update(record.get("data", {}))  # data files: their shards' checksums cover them
+    name = max(sizes, key=lambda rel: sizes[rel])  # the largest file
     target = step_dir / name
     data = bytearray(target.read_bytes())
     data[len(data) // 2] ^= 0xFF

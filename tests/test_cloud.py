@@ -154,7 +154,7 @@ def test_step_without_commit_marker_is_never_restored(store: tuple[str, servers.
         ck.save(2, {"loss": 0.5})
     # a save interrupted before its last write: all data there, but no commit marker
     delete_object(backend, server, url, "2/commit_success.txt")
-    assert "2/state/manifest.ocdbt" in object_keys(backend, server, url)
+    assert "2/arrays/index.process_0.json" in object_keys(backend, server, url)
 
     model2, optimizer2 = make(1)
     with Checkpointer(url, model2, optimizer2) as ck2:
@@ -244,8 +244,8 @@ def test_two_process_job_saves_to_s3_and_one_process_restores(
     assert job.result(0, "same_job_restored") == 3 and job.result(1, "same_job_equal") is True
     keys = object_keys("s3", s3_server, url)
     assert top_level(keys) == {"1", "3", "4"}  # retention ran once; step 4 committed at exit
-    assert {"4/state/ocdbt.process_0/manifest.ocdbt", "4/commit_success.txt"} <= set(keys)
-    assert "4/state/ocdbt.process_1/manifest.ocdbt" in keys
+    assert {"4/arrays/index.process_0.json", "4/commit_success.txt"} <= set(keys)
+    assert {"4/arrays/index.process_1.json", "4/arrays/data.process_1.0"} <= set(keys)
     assert not [key for key in keys if "orbax-checkpoint-tmp" in key]
 
     single = run_job("restore", url, out, processes=1, local_devices=2, env=s3_server.env)

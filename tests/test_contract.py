@@ -61,7 +61,7 @@ print("saved")
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
     assert _steps(tmp_path / "ck") == ["5"]
-    assert (tmp_path / "ck" / "5" / "state").is_dir()
+    assert (tmp_path / "ck" / "5" / "arrays").is_dir()
 
 
 def test_checkpointer_made_in_a_function_that_returns_is_still_drained(tmp_path: Path) -> None:

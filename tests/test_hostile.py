@@ -32,11 +32,12 @@ from reliability import stamp, stamped_step, tiny
 from roxxel import _integrity
 from roxxel.checkpoint import Checkpointer, RoxxelError, verify
 
-EXAMPLES = 30  # per metadata file; 6 files, 180 hostile restores in all
-FILES = [
-    "_CHECKPOINT_METADATA",
-    "roxxel/metadata",
-    "metrics/metrics",
+EXAMPLES = 30  # per metadata file; 4 files, 120 hostile restores in all
+INDEX = "arrays/index.process_0.json"  # every leaf's shape, dtype, shards, offsets, checksums
+FILES = ["_CHECKPOINT_METADATA", "roxxel/metadata", "metrics/metrics", INDEX]
+# Steps written by Roxxel 0.1.0 are read through Orbax's parsers: fuzzed on a golden copy.
+LEGACY_EXAMPLES = 10
+LEGACY_FILES = [
     "state/_METADATA",
     "state/array_metadatas/process_0",  # shapes of every array
     "state/_sharding",  # shardings of every array
@@ -124,15 +125,27 @@ def hostile_content(draw: st.DrawFn, original: bytes) -> bytes:
     return json.dumps(_replace(data, path, draw(json_values))).encode()
 
 
-def _restore_hostile(pristine: Path, work: Path, name: str, content: bytes) -> None:
+def _restore_hostile(
+    pristine: Path,
+    work: Path,
+    name: str,
+    content: bytes,
+    case: tuple[Any, Any] | None = None,
+) -> None:
+    """Restore a copy of `pristine` whose file `name` holds `content` (checksums re-recorded).
+
+    `case` is (model factory, expected leaves) for a golden 0.1.0 copy; by default the
+    `tiny(4)` model stamped with step 3.
+    """
     if work.exists():
         shutil.rmtree(work)
     directory = work / "ck"
     shutil.copytree(pristine, directory)
-    (directory / "3" / name).write_bytes(content)
-    _integrity.record(str(directory / "3"))  # what an attacker would do
+    step_dir = directory / str(3)
+    (step_dir / name).write_bytes(content)
+    _integrity.record(str(step_dir))  # what an attacker would do
     before = _snapshot(work)
-    model, optimizer = tiny(4)
+    model, optimizer = tiny(4) if case is None else case[0]()
     with _bounded(60):
         try:
             ck = Checkpointer(str(directory), model, optimizer, read_only=True)
@@ -143,9 +156,12 @@ def _restore_hostile(pristine: Path, work: Path, name: str, content: bytes) -> N
             # Restored leaves hold exactly the saved values; a leaf the (hostile) metadata does
             # not list is reported missing and keeps its value, as after a model change.
             assert step == 3 and ck.last_restore_report is not None
-            expected_model, expected_optimizer = tiny(4)
-            stamp(expected_model, expected_optimizer, 3)
-            expected = state_arrays(expected_model, expected_optimizer)
+            if case is None:
+                expected_model, expected_optimizer = tiny(4)
+                stamp(expected_model, expected_optimizer, 3)
+                expected = state_arrays(expected_model, expected_optimizer)
+            else:
+                expected = case[1]
             actual = state_arrays(model, optimizer)
             assert ck.last_restore_report.restored
             for path in ck.last_restore_report.restored:
@@ -178,6 +194,33 @@ def test_fuzzed_metadata_gives_a_roxxel_error_or_the_right_state(
     run()
 
 
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+@pytest.mark.parametrize("name", LEGACY_FILES)
+def test_fuzzed_legacy_metadata_gives_a_roxxel_error_or_the_right_state(
+    tmp_path: Path, name: str
+) -> None:
+    from golden_models import GOLDEN, expected, mlp_adam
+
+    folder = GOLDEN / "roxxel-0.1.0" / "mlp_adam"
+    pristine = folder / "checkpoints"
+    original = (pristine / "3" / name).read_bytes()
+    case = (mlp_adam, expected(folder))
+
+    @settings(
+        max_examples=LEGACY_EXAMPLES,
+        deadline=None,
+        database=None,
+        derandomize=True,
+        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    )
+    @given(content=hostile_content(original))
+    def run(content: bytes) -> None:
+        _restore_hostile(pristine, tmp_path / "work", name, content, case)
+
+    run()
+
+
 def test_garbage_in_the_checkpoint_directory_is_ignored(pristine: Path, tmp_path: Path) -> None:
     directory = tmp_path / "ck"
     shutil.copytree(pristine, directory)
@@ -202,14 +245,14 @@ def test_a_fifo_or_symlink_planted_in_a_step_fails_verification_without_hanging(
 ) -> None:
     directory = tmp_path / "ck"
     shutil.copytree(pristine, directory)
-    os.remove(directory / "3" / "state" / "_sharding")
-    os.mkfifo(directory / "3" / "state" / "_sharding")
+    os.remove(directory / "3" / INDEX)
+    os.mkfifo(directory / "3" / INDEX)
     os.remove(directory / "3" / "roxxel" / "metadata")
     (directory / "3" / "roxxel" / "metadata").symlink_to("/etc/hostname")
     with _bounded(30):
         (result,) = verify(str(directory))
     assert not result.ok
-    assert {p.split(":")[0] for p in result.problems} == {"state/_sharding", "roxxel/metadata"}
+    assert {p.split(":")[0] for p in result.problems} == {INDEX, "roxxel/metadata"}
 
 
 def test_a_pickle_in_the_checkpoint_is_never_executed(pristine: Path, tmp_path: Path) -> None:
@@ -222,7 +265,7 @@ def test_a_pickle_in_the_checkpoint_is_never_executed(pristine: Path, tmp_path: 
     directory = tmp_path / "ck"
     shutil.copytree(pristine, directory)
     bomb = pickle.dumps(Payload())
-    for name in ["state/checkpoint", "state/_METADATA", "roxxel/metadata", "metrics/metrics"]:
+    for name in [INDEX, "roxxel/metadata", "metrics/metrics"]:
         (directory / "3" / name).write_bytes(bomb)
     _integrity.record(str(directory / "3"))
     model, optimizer = tiny(4)
@@ -243,30 +286,39 @@ def _edit_json(pristine: Path, name: str, edit: Any) -> bytes:
     return json.dumps(data).encode()
 
 
+def _first_array(data: Any) -> dict[str, Any]:
+    leaf: dict[str, Any] = next(v for v in data["leaves"].values() if "shards" in v)
+    return leaf
+
+
 def _absurd_shape(data: Any) -> None:
-    data["array_metadatas"][1]["array_metadata"]["write_shape"] = [10**12, 10**12]
+    _first_array(data)["shape"] = [10**12, 10**12]
 
 
 def _escaping_name(data: Any) -> None:
-    tree = data["tree_metadata"]
-    key = next(iter(tree))
-    tree["('..', '..', 'escape')"] = tree.pop(key)
-    tree["('..', '..', 'escape')"]["key_metadata"][0]["key"] = "../../escape"
+    leaves = data["leaves"]
+    leaves["../../escape"] = leaves.pop(next(iter(leaves)))
 
 
 def _negative_shape(data: Any) -> None:
-    data["array_metadatas"][0]["array_metadata"]["write_shape"] = [-1]
+    _first_array(data)["shape"] = [-1]
+
+
+def _overlapping_shards(data: Any) -> None:
+    leaf = _first_array(data)
+    leaf["shards"] = leaf["shards"] * 3  # the same bytes claimed three times
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 @pytest.mark.parametrize(
     ("name", "edit"),
     [
-        ("state/array_metadatas/process_0", _absurd_shape),
-        ("state/array_metadatas/process_0", _negative_shape),
-        ("state/_METADATA", _escaping_name),
+        (INDEX, _absurd_shape),
+        (INDEX, _negative_shape),
+        (INDEX, _escaping_name),
+        (INDEX, _overlapping_shards),
     ],
-    ids=["absurd-shape", "negative-shape", "dotdot-leaf-name"],
+    ids=["absurd-shape", "negative-shape", "dotdot-leaf-name", "overlapping-shards"],
 )
 def test_absurd_shapes_and_path_like_names(
     pristine: Path, tmp_path: Path, name: str, edit: Any

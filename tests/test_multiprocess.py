@@ -62,12 +62,14 @@ def test_one_checkpoint_with_shared_files_written_once(saved: tuple[Path, Path, 
     # retention ran once: best (step 1, loss 0.5) and the 2 newest (3, 4); no partial folders
     assert entries == ["1", "3", "4"]
     for step in ("1", "3", "4"):
-        state = ckpt / step / "state"
-        # each process wrote its own shards into the one checkpoint
-        assert (state / "ocdbt.process_0").is_dir() and (state / "ocdbt.process_1").is_dir()
+        arrays = ckpt / step / "arrays"
+        # each process wrote its own shards and index into the one checkpoint
+        for process in (0, 1):
+            assert (arrays / f"index.process_{process}.json").is_file()
+            assert (arrays / f"data.process_{process}.0").is_file()
         # the shared files exist once per step, with one consistent content
         assert (ckpt / step / "_CHECKPOINT_METADATA").is_file()
-        assert json.loads((ckpt / step / "roxxel" / "metadata").read_text())["format"] == 1
+        assert json.loads((ckpt / step / "roxxel" / "metadata").read_text())["format"] == 2
     metrics = {s: json.loads((ckpt / s / "metrics" / "metrics").read_text()) for s in ("1", "3")}
     assert metrics["1"]["loss"] == 0.5 and metrics["3"]["loss"] == pytest.approx(0.8)
     # the training loss, a replicated array over both processes, was accepted as a metric

@@ -13,7 +13,17 @@ from typing import Any, Literal
 import jax
 from flax import nnx
 
-from . import _diagnose, _integrity, _lifecycle, _lock, _paths, _restore, _state, _validate
+from . import (
+    _diagnose,
+    _format,
+    _integrity,
+    _lifecycle,
+    _lock,
+    _paths,
+    _restore,
+    _state,
+    _validate,
+)
 from ._errors import (
     BackgroundWriteError,
     CheckpointerClosedError,
@@ -34,6 +44,7 @@ logger = logging.getLogger("roxxel")
 
 OnSigterm = Literal["exit", "flag"]
 OnCorrupt = Literal["fallback", "error"]
+Staging = Literal["view", "copy"]
 
 
 class Checkpointer:
@@ -68,6 +79,13 @@ class Checkpointer:
             checksums: "fallback" (default) logs a warning naming the step and files and
             restores the newest intact one; "error" raises `CorruptCheckpointError`. A step
             asked for by number or with `best=True` always raises.
+        staging: how `save()` captures the arrays. "view" (default) keeps zero-copy host
+            views of them while the background write runs: no extra memory, but XLA then
+            declines to donate those buffers to the next jitted step, which allocates fresh
+            ones. "copy" copies them into a reused host buffer: `save()` blocks for a memory
+            copy and holds about the state's size in host memory.
+        staging_limit_bytes: with `staging="copy"`, copy at most this many bytes (the other
+            arrays are held as views); bounds the host memory a save holds.
 
     Raises:
         CheckpointPathError: `checkpoint_path` is a file, or cannot be created or written.
@@ -100,6 +118,8 @@ class Checkpointer:
         compression: bool = False,
         on_sigterm: OnSigterm = "exit",
         on_corrupt: OnCorrupt = "fallback",
+        staging: Staging = "view",
+        staging_limit_bytes: int | None = None,
     ) -> None:
         _validate.instance(
             model,
@@ -137,6 +157,11 @@ class Checkpointer:
         self._on_corrupt = _validate.choice(
             on_corrupt, name="on_corrupt", options=("fallback", "error")
         )
+        self._staging = _validate.choice(staging, name="staging", options=("view", "copy"))
+        self._staging_limit = _validate.count(
+            staging_limit_bytes, name="staging_limit_bytes", minimum=0, allow_none=True
+        )
+        self._staging_pool = _format.StagingPool()
         for flag_name, flag in (("read_only", read_only), ("compression", compression)):
             if not isinstance(flag, bool):
                 raise InvalidArgumentError(
@@ -175,6 +200,38 @@ class Checkpointer:
         _lifecycle.install_sigterm_handler()
 
     # ------------------------------------------------------------------------ views
+    from ._compat import PageManager as _PageManager  # the type of `mngr`; imports no Orbax
+
+    @property
+    def checkpoint_path(self) -> str:
+        """The checkpoint directory: the absolute local folder, or the URL as given.
+
+        The same as `directory`, under the name the documentation page's source uses.
+        """
+        return self.directory
+
+    @property
+    def graphdef(self) -> nnx.GraphDef[Any]:
+        """The `GraphDef` of `nnx.split((model, optimizer))`, computed when read.
+
+        It is always that of the live model and optimizer (of the model alone when `optimizer`
+        is None).
+        """
+        if self.optimizer is None:
+            return nnx.split(self.model)[0]
+        return nnx.split((self.model, self.optimizer))[0]
+
+    @property
+    def mngr(self) -> _PageManager:
+        """The Orbax `CheckpointManager` calls of the documentation page's code, answered here.
+
+        `wait_until_finished()`, `latest_step()`, `all_steps()`, `best_step()` and `close()`
+        delegate to this Checkpointer. For compatibility only: new code calls the
+        Checkpointer's own methods. Other `CheckpointManager` names raise an `AttributeError`
+        that names the Roxxel call to use instead.
+        """
+        return self._PageManager(self)
+
     def all_steps(self) -> list[int]:
         """Every committed step on disk, ascending."""
         self._check_open()
@@ -263,9 +320,16 @@ class Checkpointer:
                     latest=steps[-1],
                 )
             tree, keys = self._snapshot()
-            self._pending_bytes = _diagnose.tree_bytes(tree)
             try:
-                self._store.save(step, tree, {"keys": keys}, metrics)
+                snap = _format.snapshot(
+                    tree,
+                    process=jax.process_index(),
+                    staging=self._staging,
+                    staging_limit=self._staging_limit,
+                    pool=self._staging_pool,
+                )
+                self._pending_bytes = snap.nbytes
+                self._store.save(step, snap, {"keys": keys}, metrics)
             except TimeoutError:
                 self._pending_step = step  # later waits name it, and stay bounded
                 raise
@@ -297,7 +361,7 @@ class Checkpointer:
         tree: dict[str, Any] = {}
         keys: dict[str, str] = {}
         for path, variable in _state.variables(self.model, self.optimizer).items():
-            value = variable.get_value()
+            value = _state.value_of(variable)
             if _state.is_key(value):
                 keys[path] = _state.key_impl_name(value)
             tree[path] = _state.to_saved(value)
@@ -404,11 +468,28 @@ class Checkpointer:
             TimeoutError: a save in flight did not finish within `timeout` seconds.
         """
         with self._lock:
-            planned = self._plan(step, best=best, rename=rename, on_mismatch=on_mismatch)
-            if planned is None:
-                return 0
-            self._apply(*planned)
-            return planned[0].report.step
+            damaged: set[int] = set()
+            while True:
+                planned = self._plan(
+                    step, best=best, rename=rename, on_mismatch=on_mismatch, exclude=damaged
+                )
+                if planned is None:
+                    return 0
+                try:
+                    self._apply(*planned)
+                except CorruptCheckpointError as exc:
+                    # A shard failed its checksum while being read (the model is untouched).
+                    if step is not None or best or self._on_corrupt != "fallback":
+                        raise
+                    damaged.add(planned[0].report.step)
+                    logger.warning(
+                        "roxxel: step %d in %s is damaged, falling back to an older step: %s",
+                        planned[0].report.step,
+                        self.directory,
+                        "; ".join(exc.problems[:5]),
+                    )
+                    continue
+                return planned[0].report.step
 
     def plan_restore(
         self,
@@ -433,7 +514,7 @@ class Checkpointer:
             planned = self._plan(step, best=best, rename=rename, on_mismatch="skip")
             return None if planned is None else planned[0].report
 
-    def _choose_step(self, step: int | None, best: bool) -> int | None:
+    def _choose_step(self, step: int | None, best: bool, exclude: set[int]) -> int | None:
         steps = self._store.all_steps()
         if best:
             if step is not None:
@@ -451,12 +532,28 @@ class Checkpointer:
                 )
             return chosen
         if step is None:
+            if steps and exclude and all(s in exclude for s in steps):
+                raise CorruptCheckpointError(
+                    f"every checkpoint in {self.directory} is damaged (steps {sorted(exclude)}); "
+                    f"nothing was restored. Run `roxxel verify {self.directory}` for the full "
+                    "list; start from scratch with a new checkpoint_path if none can be repaired.",
+                    step=max(exclude),
+                    path=self.directory,
+                    problems=(),
+                )
+            steps = [s for s in steps if s not in exclude]
             return steps[-1] if steps else None
         step = _validate.step(step)
         self._require_step(step, steps)
         return step
 
-    def _verified(self, chosen: int | None, *, may_fall_back: bool) -> int | None:
+    def _verified(
+        self,
+        chosen: int | None,
+        *,
+        may_fall_back: bool,
+        exclude: set[int] = frozenset(),  # type: ignore[assignment]
+    ) -> int | None:
         """Check `chosen` against its checksums before any of it is read.
 
         A damaged step raises `CorruptCheckpointError`, or, when `may_fall_back` and
@@ -466,10 +563,14 @@ class Checkpointer:
             return chosen
         candidates = [chosen]
         if may_fall_back and self._on_corrupt == "fallback":
-            candidates += sorted((s for s in self._store.all_steps() if s < chosen), reverse=True)
+            candidates += sorted(
+                (s for s in self._store.all_steps() if s < chosen and s not in exclude),
+                reverse=True,
+            )
         damaged: list[CorruptCheckpointError] = []
         for candidate in candidates:
-            result = _integrity.check(self._store.step_dir(candidate), candidate)
+            # Shards are checked while they are read; here only the small files and sizes.
+            result = _integrity.check(self._store.step_dir(candidate), candidate, deep=False)
             if result.ok:
                 if damaged:
                     logger.warning(
@@ -515,14 +616,15 @@ class Checkpointer:
         best: bool,
         rename: Mapping[str, str] | None,
         on_mismatch: str,
+        exclude: set[int] = frozenset(),  # type: ignore[assignment]
     ) -> tuple[_restore.RestorePlan, dict[str, _state.LeafSpec]] | None:
         self._check_open()
         _validate.choice(on_mismatch, name="on_mismatch", options=("error", "skip"))
         renames = _restore.check_rename(rename)
         if self._pending_step is not None:
             self._finish_pending()
-        chosen = self._choose_step(step, best)
-        chosen = self._verified(chosen, may_fall_back=step is None and not best)
+        chosen = self._choose_step(step, best, exclude)
+        chosen = self._verified(chosen, may_fall_back=step is None and not best, exclude=exclude)
         if chosen is None:
             self.last_restore_report = None
             return None

@@ -2,12 +2,20 @@
 
 Orbax writes a step into `<step>.orbax-checkpoint-tmp`, then renames it to `<step>`. Roxxel
 hooks the last moment before that rename (Orbax's `post_finalization_callback`, which runs on
-Orbax's background commit thread, never the training thread): it reads every file of the step
-back (from the page cache, just written) and writes `roxxel_checksums.json` beside them
-(tmp + fsync + rename). A step is therefore committed *with* its record, or not at all.
+Orbax's background commit thread, never the training thread): it checksums every small file
+of the step and writes `roxxel_checksums.json` beside them (tmp + fsync + rename). A step is
+therefore committed *with* its record, or not at all.
 
-Two files are written by Orbax after the hook and are left out: the step's
-`_CHECKPOINT_METADATA` (it gets a commit timestamp) and `commit_success.txt`.
+The data files of Roxxel's array format (`arrays/data.process_*`, see `_format`) are not read
+back: their record entry holds only the size, and their content is covered by the CRC-32C of
+every shard, computed from memory while it was written and kept in the index (whose own
+checksum is in the record). `restore()` checks those shard checksums while it reads; `check`
+with `deep=True` (`roxxel verify`) reads every shard.
+
+Orbax rewrites the step's `_CHECKPOINT_METADATA` after the hook, only to add its commit
+timestamp: the record keeps the checksum of its content without that one field (table
+`late`), so a damaged or truncated file is still found. `commit_success.txt` (written after
+the hook, fixed text, never read back) is left out.
 
 The hash is CRC-32C through `google_crc32c` when its C implementation is installed (about
 6 GB/s including the read back from the page cache on the 2-core test host, i.e. 0.15-0.19
@@ -34,15 +42,19 @@ from typing import Any
 
 import numpy as np
 
+from . import _format
 from ._errors import CheckpointPathError, CorruptCheckpointError, StepNotFoundError
 
 logger = logging.getLogger("roxxel")
 
 RECORD_NAME = "roxxel_checksums.json"
-RECORD_FORMAT = 1
+RECORD_FORMAT = 2
+"""1: every file read back and checksummed (Roxxel 0.1.0); 2: adds the `data` table."""
 NO_RECORD = "no checksums recorded (the step is unverified, not known to be damaged)"
 # Written by Orbax after the record is made (see the module docstring).
 _LATE_FILES = frozenset({"_CHECKPOINT_METADATA", "commit_success.txt"})
+_STEP_METADATA = "_CHECKPOINT_METADATA"
+_COMMIT_FIELD = "commit_timestamp_nsecs"  # the one field Orbax adds after the record
 _CHUNK = 8 << 20
 
 _crc32c: Any
@@ -139,19 +151,70 @@ def record(step_dir: str, *, algorithm: str = DEFAULT_ALGORITHM) -> int:
     """Checksum every file of `step_dir` and write the record there; returns bytes hashed."""
     buffer = bytearray(_CHUNK)
     files: dict[str, list[int]] = {}
+    data: dict[str, int] = {}
     total = 0
     for rel, full in _files_of(step_dir):
         size = os.lstat(full).st_size
+        if _format.is_data_file(rel):
+            data[rel] = size  # covered by the index's shard checksums
+            continue
         files[rel] = [size, _hash_file(full, algorithm, buffer, lambda n: None)]
         total += size
+    late: dict[str, int] = {}
+    metadata_path = os.path.join(step_dir, _STEP_METADATA)
+    if os.path.isfile(metadata_path) and not os.path.islink(metadata_path):
+        with open(metadata_path, "rb") as handle:
+            canonical = _without_commit_time(handle.read(1 << 20))
+        if canonical is not None:
+            late[_STEP_METADATA] = _ALGORITHMS[algorithm](0, memoryview(canonical))
     body = json.dumps(
-        {"format": RECORD_FORMAT, "algorithm": algorithm, "files": files},
+        {
+            "format": RECORD_FORMAT,
+            "algorithm": algorithm,
+            "files": files,
+            "data": data,
+            "late": late,
+        },
         indent=0,
         sort_keys=True,
     ).encode()
     _write_atomically(os.path.join(step_dir, RECORD_NAME), body)
     logger.debug("roxxel: checksummed %d files (%d bytes) of %s", len(files), total, step_dir)
     return total
+
+
+def _without_commit_time(raw: bytes) -> bytes | None:
+    """`_CHECKPOINT_METADATA` in a canonical form without its commit timestamp, or None."""
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    data.pop(_COMMIT_FIELD, None)
+    return json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _check_late(step_dir: str, algorithm: str, late: dict[str, int]) -> list[str]:
+    problems = []
+    for rel, expected in sorted(late.items()):
+        path = os.path.join(step_dir, rel)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+            with os.fdopen(fd, "rb") as handle:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    problems.append(f"{rel}: not a regular file any more")
+                    continue
+                raw = handle.read(1 << 20)
+        except OSError as exc:
+            problems.append(f"{rel}: missing or unreadable ({exc.strerror or exc})")
+            continue
+        canonical = _without_commit_time(raw)
+        if canonical is None:
+            problems.append(f"{rel}: not valid JSON any more (damaged or truncated)")
+        elif _ALGORITHMS[algorithm](0, memoryview(canonical)) != expected:
+            problems.append(f"{rel}: content differs from the recorded {algorithm} checksum")
+    return problems
 
 
 def _write_atomically(path: str, body: bytes) -> None:
@@ -171,8 +234,12 @@ def _write_atomically(path: str, body: bytes) -> None:
 
 
 # ---------------------------------------------------------------------------- checking
-def _read_record(step_dir: str) -> tuple[str, dict[str, tuple[int, int]]] | str | None:
-    """(algorithm, {relpath: (size, checksum)}), an error text, or None when absent."""
+_Record = tuple[str, dict[str, tuple[int, int]], dict[str, int], dict[str, int]]
+
+
+def _read_record(step_dir: str) -> _Record | str | None:
+    """(algorithm, {relpath: (size, checksum)}, {data relpath: size}), an error text, or None
+    when absent."""
     path = os.path.join(step_dir, RECORD_NAME)
     try:
         info = os.lstat(path)
@@ -208,25 +275,65 @@ def _read_record(step_dir: str) -> tuple[str, dict[str, tuple[int, int]]] | str 
         if rel.startswith("/") or any(p in ("", ".", "..") for p in parts) or "\\" in rel:
             return f"{RECORD_NAME}: entry {rel!r} points outside the step folder"
         files[rel] = (entry[0], entry[1])
-    return str(algorithm), files
+    data_files: dict[str, int] = {}
+    raw_data = data.get("data", {})
+    if not isinstance(raw_data, dict):
+        return f"{RECORD_NAME}: malformed 'data' table"
+    for rel, size in raw_data.items():
+        if (
+            not isinstance(rel, str)
+            or not _format.is_data_file(rel)
+            or not isinstance(size, int)
+            or isinstance(size, bool)
+            or size < 0
+        ):
+            return f"{RECORD_NAME}: malformed data entry {rel!r:.80}: {size!r:.40}"
+        data_files[rel] = size
+    late: dict[str, int] = {}
+    raw_late = data.get("late", {})
+    if not isinstance(raw_late, dict) or any(
+        k != _STEP_METADATA or not isinstance(v, int) or isinstance(v, bool)
+        for k, v in raw_late.items()
+    ):
+        return f"{RECORD_NAME}: malformed 'late' table"
+    late.update(raw_late)
+    return str(algorithm), files, data_files, late
 
 
 def check(
     step_dir: str,
     step: int,
     *,
+    deep: bool = True,
     on_bytes: Callable[[int], None] = lambda n: None,
 ) -> StepIntegrity:
-    """Compare the files of `step_dir` with its record; never raises for damaged files."""
+    """Compare the files of `step_dir` with its record; never raises for damaged files.
+
+    Data files of the array format are checked for presence and size; with `deep` every
+    shard is also read and compared with its checksum in the index (`restore()` passes
+    `deep=False` because it checks each shard while reading it).
+    """
     loaded = _read_record(step_dir)
     if loaded is None:
         return StepIntegrity(step, True, 0, (NO_RECORD,))
     if isinstance(loaded, str):
         return StepIntegrity(step, False, 0, (loaded,))
-    algorithm, files = loaded
+    algorithm, files, data_files, late = loaded
     buffer = bytearray(_CHUNK)
     problems: list[str] = []
     checked = 0
+    for rel, size in sorted(data_files.items()):
+        full = os.path.join(step_dir, *rel.split("/"))
+        try:
+            info = os.lstat(full)
+        except OSError as exc:
+            problems.append(f"{rel}: missing or unreadable ({exc.strerror or exc})")
+            continue
+        checked += 1
+        if not stat.S_ISREG(info.st_mode):
+            problems.append(f"{rel}: not a regular file any more")
+        elif info.st_size != size:
+            problems.append(f"{rel}: {info.st_size} bytes, recorded {size} (truncated or grown)")
     for rel, (size, expected) in sorted(files.items()):
         full = os.path.join(step_dir, *rel.split("/"))
         try:
@@ -258,6 +365,12 @@ def check(
                 f"{rel}: content differs from the recorded {algorithm} checksum "
                 f"({actual:08x} != {expected:08x})"
             )
+    problems.extend(_check_late(step_dir, algorithm, late))
+    checked += len(late)
+    if data_files and deep and not problems:  # the index and every data file are sound
+        problems.extend(
+            _format.check_shards(os.path.join(step_dir, _format.ITEM), on_bytes=on_bytes)
+        )
     return StepIntegrity(step, not problems, checked, tuple(problems))
 
 
@@ -283,7 +396,7 @@ def recorded_bytes(step_dir: str) -> int:
     loaded = _read_record(step_dir)
     if loaded is None or isinstance(loaded, str):
         return 0
-    return sum(size for size, _ in loaded[1].values())
+    return sum(size for size, _ in loaded[1].values()) + sum(loaded[2].values())
 
 
 def committed_steps(directory: str) -> list[int]:

@@ -69,24 +69,36 @@ def variables(
 ) -> dict[str, nnx.Variable[Any]]:
     """The live Variables of `model` and `optimizer`, keyed by path string.
 
-    Setting a value on one of them changes the model (or optimizer) in place.
+    Setting a value on one of them changes the model (or optimizer) in place. The paths and
+    the Variables are those of `nnx.to_flat_state(nnx.state(obj))` (a shared Variable under
+    its first path); `nnx.iter_graph` finds them 20x faster, which is most of what `save()`
+    blocks for on a model with thousands of leaves (`tests/test_state_kinds.py` checks both
+    agree).
     """
     result: dict[str, nnx.Variable[Any]] = {}
     objects: list[tuple[str, Any]] = [("model", model)]
     if optimizer is not None:
         objects.append(("optimizer", optimizer))
     for root, obj in objects:
-        for path, variable in nnx.to_flat_state(nnx.state(obj)):
-            if variable.get_value() is None:
-                continue
-            result[_path_string(root, tuple(path))] = variable
+        for path, node in nnx.iter_graph(obj):
+            if isinstance(node, nnx.Variable) and value_of(node) is not None:
+                result[_path_string(root, tuple(path))] = node
     return result
+
+
+def value_of(variable: nnx.Variable[Any]) -> Any:
+    """The value of a Variable; a plain array is taken without `get_value()`'s checks
+    (30 µs a leaf)."""
+    raw = variable.get_raw_value()
+    return raw if isinstance(raw, (jax.Array, np.ndarray)) else variable.get_value()
 
 
 def is_key(value: Any) -> bool:
     """True for a typed PRNG key array."""
     dtype = getattr(value, "dtype", None)
-    return dtype is not None and jax.numpy.issubdtype(dtype, jax.dtypes.prng_key)
+    if dtype is None or isinstance(dtype, np.dtype):  # the common case, without the slow check
+        return False
+    return bool(jax.numpy.issubdtype(dtype, jax.dtypes.prng_key))
 
 
 def key_impl_name(value: Any) -> str:
