@@ -246,6 +246,62 @@ def test_verify_passes_then_names_a_damaged_file(
 
 
 # ---------------------------------------------------------------------------- export
+def _flip_a_shard_byte(step_dir: Path, leaf: str = "model/encoder/kernel") -> str:
+    """Flip one byte in the middle of `leaf`'s first saved shard; return the file's
+    path relative to the step folder."""
+    index = json.loads((step_dir / "arrays" / "index.process_0.json").read_text())
+    shard = index["leaves"][leaf]["shards"][0]
+    target = step_dir / "arrays" / shard["file"]
+    data = bytearray(target.read_bytes())
+    data[shard["offset"] + shard["length"] // 2] ^= 0x01
+    target.write_bytes(bytes(data))
+    return f"arrays/{shard['file']}"
+
+
+def test_export_refuses_a_damaged_step_and_writes_nothing(
+    ckdir: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    copy = tmp_path / "ck"
+    shutil.copytree(ckdir["dir"], copy)
+    damaged = _flip_a_shard_byte(copy / "20")
+    target = tmp_path / "w.safetensors"
+    code, out, err = run(capsys, "export", copy, target, "--step", 20)
+    assert code == _cli.EXIT_DIFFERENT == 1
+    assert out == ""
+    assert f"step 20 in {copy} is damaged" in err and f"  {damaged}: " in err
+    assert "Nothing was written" in err and "--no-verify" in err
+    assert not target.exists() and not list(tmp_path.glob("*partial*"))
+    # --no-verify skips the check of the whole step, but each shard is still checked as it
+    # is read: a damaged shard never reaches the file.
+    code, _, err = run(capsys, "export", copy, target, "--step", 20, "--no-verify")
+    assert code == _cli.EXIT_DIFFERENT and damaged in err and "as they are read" in err
+    assert not target.exists() and not list(tmp_path.glob("*partial*"))
+    # The other steps are intact and export as before.
+    code, _, err = run(capsys, "export", copy, target, "--step", 10)
+    assert code == 0, err
+
+
+def test_export_checks_every_file_of_the_step_unless_no_verify(
+    ckdir: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    copy = tmp_path / "ck"
+    shutil.copytree(ckdir["dir"], copy)
+    metrics = copy / "20" / "metrics" / "metrics"  # not read by export, but recorded
+    text = metrics.read_text()
+    assert "0.7" in text
+    metrics.write_text(text.replace("0.7", "0.9"))  # same size, still valid JSON
+    target = tmp_path / "w.npz"
+    code, _, err = run(capsys, "export", copy, target, "--step", 20)
+    assert code == _cli.EXIT_DIFFERENT
+    assert "  metrics/metrics: content differs" in err and not target.exists()
+    code, out, err = run(capsys, "export", copy, target, "--step", 20, "--no-verify")
+    assert code == 0, err
+    assert "wrote 4 arrays" in out
+    with np.load(target) as loaded:
+        for name in ("model/encoder/kernel", "model/head/bias"):
+            np.testing.assert_array_equal(loaded[name], ckdir["step20"][name])
+
+
 def test_export_safetensors_loads_identical_arrays(
     ckdir: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -309,6 +365,10 @@ def test_missing_folder_empty_folder_and_unknown_step(
         code, _, err = run(capsys, command, empty)
         assert code == _cli.EXIT_NO_CHECKPOINT, command
         assert f"no committed checkpoint in {empty}: it is empty" in err
+    code, out, err = run(capsys, "ls", empty, "--json")  # scripts still get JSON to parse
+    assert code == _cli.EXIT_NO_CHECKPOINT
+    assert json.loads(out) == {"directory": str(empty), "checkpoints": []}
+    assert f"no committed checkpoint in {empty}: it is empty" in err
 
     code, _, err = run(capsys, "ls", ckdir["dir"] / "20")
     assert code == _cli.EXIT_NO_CHECKPOINT and "looks like one step's folder" in err
@@ -335,6 +395,10 @@ def test_best_without_the_metric_says_what_to_do(
     code, _, err = run(capsys, "show", ckdir["dir"], "--best", "--best-metric", "bleu")
     assert code == _cli.EXIT_NO_CHECKPOINT
     assert "no checkpoint in" in err and "'bleu'" in err and "--best-metric" in err
+    code, _, err = run(capsys, "show", ckdir["dir"], "--best", "--best-metric", "")
+    assert code == _cli.EXIT_NO_CHECKPOINT
+    assert "--best needs a metric" in err and "--best-metric NAME" in err
+    assert "None" not in err
 
 
 def test_a_folder_with_only_an_unfinished_save(
@@ -403,3 +467,32 @@ def test_unreachable_storage_has_its_own_exit_code(
     code, _, err = run(capsys, "ls", "s3://bucket/run")
     assert code == _cli.EXIT_STORAGE == 6
     assert f"127.0.0.1:{port}" in err
+
+
+def test_stderr_holds_only_roxxel_lines_on_a_damaged_checkpoint(
+    ckdir: dict[str, Any], tmp_path: Path
+) -> None:
+    """Orbax logs an absl ERROR (with the file's content) for a metadata file it cannot
+    parse, and absl WARNINGs on every read-only open; the command reports problems itself."""
+    copy = tmp_path / "ck"
+    shutil.copytree(ckdir["dir"], copy)
+    (copy / "20" / "_CHECKPOINT_METADATA").write_text("garbage{")
+    (copy / "30" / "roxxel" / "metadata").write_text("garbage{")
+    code = f"""
+import logging
+from roxxel._cli import main
+before = logging.getLogger("absl").level
+codes = [main(argv) for argv in (["ls", {str(copy)!r}], ["show", {str(copy)!r}, "--step", "20"],
+                                 ["show", {str(copy)!r}, "--step", "30"])]
+assert logging.getLogger("absl").level == before  # main() leaves absl as it found it
+print("CODES", codes)
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path
+    )
+    assert "CODES [0, 0, 1]" in result.stdout, result.stderr
+    assert "BAD" in result.stdout  # ls reports the damage in its INTEGRITY column
+    lines = result.stderr.splitlines()
+    assert lines, "show --step 30 must say why it failed"
+    assert "absl" not in result.stderr and "garbage" not in result.stderr, result.stderr
+    assert all(line.startswith(("roxxel: error: ", "  ")) for line in lines), result.stderr

@@ -35,6 +35,7 @@ class Kinds(nnx.Module):
         self.scalar = nnx.Variable(jnp.float32(3.5))
         self.empty = nnx.Variable(jnp.zeros((0, 7), jnp.float32))
         self.host = nnx.Variable(np.arange(12, dtype=np.int64).reshape(3, 4))
+        self.np_scalar = nnx.Variable(np.int32(jax.random.randint(rngs.params(), (), 0, 99)))
         self.label = nnx.Variable("run-7")
         self.rngs = nnx.Rngs(5)
 
@@ -59,6 +60,7 @@ def test_every_kind_of_leaf_round_trips_bit_for_bit(tmp_path: Path, staging: str
     assert other.label.get_value() == "run-7"
     assert other.big_bf16.get_value().dtype == jnp.bfloat16
     assert isinstance(other.host.get_value(), np.ndarray)
+    assert isinstance(other.np_scalar.get_value(), np.int32)
 
 
 def test_the_state_is_captured_at_save_time_in_both_staging_modes(tmp_path: Path) -> None:

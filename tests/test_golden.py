@@ -23,7 +23,8 @@ FOLDERS = sorted(p for p in GOLDEN.glob("*/*") if (p / "checkpoints").is_dir())
 def test_golden_checkpoints_are_present() -> None:
     # Guards against a test that passes because it ran on nothing.
     assert {p.name for p in FOLDERS} >= set(CASES)
-    assert (GOLDEN / "roxxel-0.1.0").is_dir()
+    assert (GOLDEN / "roxxel-0.1.0").is_dir()  # format 1: TensorStore, through Orbax
+    assert (GOLDEN / "roxxel-0.2.0").is_dir()  # format 2: Roxxel's own files
 
 
 @pytest.mark.parametrize("folder", FOLDERS, ids=lambda p: f"{p.parent.name}/{p.name}")

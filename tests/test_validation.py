@@ -117,6 +117,32 @@ def test_scalar_array_metrics_are_accepted(saved: Checkpointer) -> None:
     assert saved.metrics(30) == {"loss": 0.25, "acc": 0.5, "n": 3.0}
 
 
+def test_half_precision_jax_losses_are_accepted(saved: Checkpointer) -> None:
+    # bf16 training hands over a bf16 scalar loss; float16 likewise.
+    saved.save(30, {"loss": jnp.asarray(0.25, jnp.bfloat16), "f16": jnp.float16(1.5),
+                    "bf16_1": jnp.asarray([0.5], jnp.bfloat16)})  # fmt: skip
+    saved.wait_until_finished()
+    assert saved.metrics(30) == {"loss": 0.25, "f16": 1.5, "bf16_1": 0.5}
+    model, optimizer = make(seed=3)
+    with Checkpointer(saved.directory, model, optimizer, read_only=True) as reader:
+        assert reader.best_step() == 30  # the bf16 value ranks like any other
+
+
+@pytest.mark.parametrize("value", [10**400, 2**53 + 1, -(2**60), np.int64(2**62), np.uint64(2**63)])
+def test_integers_a_float_cannot_hold_exactly_are_refused(
+    saved: Checkpointer, value: object
+) -> None:
+    before = _listing(saved)
+    with pytest.raises(InvalidArgumentError, match=r"metrics_dict\['n'\] is the integer") as info:
+        saved.save(30, {"loss": 1.0, "n": value})  # type: ignore[dict-item]
+    assert "too large to store exactly" in str(info.value) and "Pass a float" in str(info.value)
+    assert info.value.name == "metrics_dict['n']"
+    assert _listing(saved) == before
+    saved.save(30, {"loss": 1.0, "n": 2**53})  # the largest that is always exact
+    saved.wait_until_finished()
+    assert saved.metrics(30) == {"loss": 1.0, "n": float(2**53)}
+
+
 def test_checkpoint_path_that_is_a_file(tmp_path: Path) -> None:
     target = tmp_path / "ckpt"
     target.write_text("not a folder")

@@ -5,4 +5,4 @@ The library lives in `roxxel.checkpoint`; importing `roxxel` alone stays light (
 that the `roxxel` command starts fast.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -432,6 +432,7 @@ class Checkpointer:
         best: bool = False,
         rename: Mapping[str, str] | None = None,
         on_mismatch: OnMismatch = "error",
+        allow_partial: bool = False,
     ) -> int:
         """Restore a checkpoint into the model and optimizer in place; return its step.
 
@@ -439,8 +440,17 @@ class Checkpointer:
         there is none (a fresh start). Leaves that still fit the current model are restored
         (read into the current dtype and sharding); leaves the checkpoint lacks keep their
         values. What happened, leaf by leaf, is in `last_restore_report`, and its one-line
-        summary is logged (a warning unless the restore was exact). Either every planned leaf
-        is set or, on any error, none is.
+        summary is logged (a warning unless the restore was exact, and always when not every
+        parameter was restored). Either every planned leaf is set or, on any error, none is.
+
+        A restore that would set none of the model's parameters (`nnx.Param`), such as after
+        the model was moved under a parent module (`self.inner = Net(...)`, so every path
+        gained `inner/`), is refused unless `allow_partial=True`; the error and
+        `report.suggested_rename` give the `rename=` that fits (here
+        `{"model/inner": "model"}`). Suggested renames are never applied by themselves. The
+        optimizer's counters (`optimizer/step`, the `count` of its transforms) are never
+        restored when no parameter and no optimizer moment is: they are in
+        `report.withheld`, with the reason.
 
         Args:
             step: restore this step instead of the newest.
@@ -452,6 +462,10 @@ class Checkpointer:
                 optimizer's state for it.
             on_mismatch: "error" (default) refuses leaves whose shape changed and leaves the
                 model untouched; "skip" restores the rest and keeps those at their values.
+            allow_partial: restore what matches even when none of the model's parameters
+                does (the model then keeps its current weights; the optimizer's counters are
+                still withheld). Restores that set some of the parameters never need it; the
+                report's `params_restored` of `params_total` says how many.
 
         Returns:
             The restored step, or 0 when the directory has no checkpoint.
@@ -459,7 +473,9 @@ class Checkpointer:
         Raises:
             StepNotFoundError: `step` is not on disk (the message lists the steps that are).
             NoCheckpointError: `best=True` but no checkpoint has a finite `best_metric`.
-            RestoreMismatchError: a saved leaf's shape differs and `on_mismatch="error"`.
+            RestoreMismatchError: a saved leaf's shape differs and `on_mismatch="error"`; or
+                none of the model's parameters would be restored and `allow_partial` is False
+                (the message gives the `rename=` when the paths only moved).
             InvalidArgumentError: a `rename` key names nothing in the current model (the
                 message gives the reversed map when that is the likely slip).
             CorruptCheckpointError: the step's files fail their checksums (checked before
@@ -471,7 +487,12 @@ class Checkpointer:
             damaged: set[int] = set()
             while True:
                 planned = self._plan(
-                    step, best=best, rename=rename, on_mismatch=on_mismatch, exclude=damaged
+                    step,
+                    best=best,
+                    rename=rename,
+                    on_mismatch=on_mismatch,
+                    allow_partial=allow_partial,
+                    exclude=damaged,
                 )
                 if planned is None:
                     return 0
@@ -511,7 +532,9 @@ class Checkpointer:
             InvalidArgumentError: a `rename` key names nothing in the current model.
         """
         with self._lock:
-            planned = self._plan(step, best=best, rename=rename, on_mismatch="skip")
+            planned = self._plan(
+                step, best=best, rename=rename, on_mismatch="skip", allow_partial=True
+            )
             return None if planned is None else planned[0].report
 
     def _choose_step(self, step: int | None, best: bool, exclude: set[int]) -> int | None:
@@ -522,6 +545,14 @@ class Checkpointer:
                     "pass either step= or best=True to restore(), not both.",
                     name="best",
                     value=best,
+                )
+            if self._retention.best_metric is None:
+                raise NoCheckpointError(
+                    f"restore(best=True) needs a metric to rank the checkpoints of "
+                    f"{self.directory}, but this Checkpointer was created with "
+                    "best_metric=None. Create it with best_metric=<a name in metrics_dict> "
+                    '(e.g. best_metric="loss"), or restore the newest with restore(), or a '
+                    f"given step with restore(step=N) (steps on disk: {steps})."
                 )
             chosen = best_step(self._store.checkpoints(), self._retention)
             if chosen is None:
@@ -616,10 +647,17 @@ class Checkpointer:
         best: bool,
         rename: Mapping[str, str] | None,
         on_mismatch: str,
+        allow_partial: bool = False,
         exclude: set[int] = frozenset(),  # type: ignore[assignment]
     ) -> tuple[_restore.RestorePlan, dict[str, _state.LeafSpec]] | None:
         self._check_open()
         _validate.choice(on_mismatch, name="on_mismatch", options=("error", "skip"))
+        if not isinstance(allow_partial, bool):
+            raise InvalidArgumentError(
+                f"allow_partial must be True or False, got {allow_partial!r}.",
+                name="allow_partial",
+                value=allow_partial,
+            )
         renames = _restore.check_rename(rename)
         if self._pending_step is not None:
             self._finish_pending()
@@ -628,17 +666,27 @@ class Checkpointer:
         if chosen is None:
             self.last_restore_report = None
             return None
-        current = {
-            path: _state.spec_of(variable.get_value())
-            for path, variable in _state.variables(self.model, self.optimizer).items()
+        live = _state.variables(self.model, self.optimizer)
+        current = {path: _state.spec_of(variable.get_value()) for path, variable in live.items()}
+        params = {
+            path
+            for path, variable in live.items()
+            if path.startswith("model/") and isinstance(variable, nnx.Param)
         }
         saved = self._store.leaf_specs(chosen)
-        planned = _restore.plan(chosen, saved, current, rename=renames)
-        if planned.report.mismatched and on_mismatch == "error":
+        planned = _restore.plan(chosen, saved, current, rename=renames, params=params)
+        report = planned.report
+        if report.mismatched and on_mismatch == "error":
             raise RestoreMismatchError(
-                _restore.mismatch_message(planned.report, self.directory),
-                mismatched=dict(planned.report.mismatched),
-                report=planned.report,
+                _restore.mismatch_message(report, self.directory),
+                mismatched=dict(report.mismatched),
+                report=report,
+            )
+        if report.params_total and not report.params_restored and not allow_partial:
+            raise RestoreMismatchError(
+                _restore.no_params_message(report, self.directory),
+                mismatched=dict(report.mismatched),
+                report=report,
             )
         return planned, saved
 
@@ -661,7 +709,7 @@ class Checkpointer:
         report = dataclasses.replace(planned.report, applied=True)
         self.last_restore_report = report
         self._restored_step = step
-        level = logging.INFO if report.exact else logging.WARNING
+        level = logging.INFO if report.exact and report.all_params_restored else logging.WARNING
         logger.log(level, "roxxel: restored %s", report.summary())
 
     # -------------------------------------------------------------------- lifecycle

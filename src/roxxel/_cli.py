@@ -6,13 +6,14 @@ roxxel show DIR [--step N | --best]         the saved arrays of one step: path, 
 roxxel diff DIR --step A --step B           what changed between two steps
 roxxel diff DIR [--step N] --model M:F      what restoring a step into a model would do
 roxxel verify DIR [--step N]                check every checkpoint against its checksums
-roxxel export DIR OUT [--step N | --best]   weights to safetensors or .npz
+roxxel export DIR OUT [--step N | --best]   weights to safetensors or .npz (checked first)
 ```
 
 Exit codes (also in `roxxel --help`): 0 success; 1 differences found (`diff`) or an integrity
-problem (`verify`); 2 bad usage; 3 the checkpoint directory does not exist; 4 it holds no
-committed checkpoint (or none with the ranking metric, for `--best`); 5 the step asked for is
-not there; 130 interrupted.
+problem (`verify`; `export`, which checks the step's checksums first); 2 bad usage; 3 the
+checkpoint directory does not exist; 4 it holds no committed checkpoint (or none with the
+ranking metric, for `--best`); 5 the step asked for is not there; 6 the storage did not
+answer; 130 interrupted.
 
 This module is a thin client of the library and imports nothing heavy at the top: `roxxel
 --help` must start fast, without JAX. Each command imports what it needs when it runs.
@@ -33,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Literal, TextIO
 
 from ._errors import (
     CheckpointPathError,
+    CorruptCheckpointError,
     InvalidArgumentError,
     NoCheckpointError,
     RoxxelError,
@@ -57,7 +59,7 @@ EXIT_INTERRUPTED = 130
 _EXIT_CODES = f"""\
 exit codes:
   {EXIT_OK}    success
-  {EXIT_DIFFERENT}    diff: the two sides differ; verify: a checkpoint failed its check
+  {EXIT_DIFFERENT}    diff: the two sides differ; verify, export: a checkpoint failed its check
   {EXIT_USAGE}    bad usage (unknown option, bad value, output file exists)
   {EXIT_NO_DIRECTORY}    the checkpoint directory does not exist
   {EXIT_NO_CHECKPOINT}    the directory holds no committed checkpoint (--best: none ranked)
@@ -184,6 +186,9 @@ def cmd_ls(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     with _open(args) as checkpoints:
         entries = checkpoints.entries()
         if not entries:
+            if args.json:  # scripts still get JSON on stdout; the error goes to stderr
+                json.dump({"directory": checkpoints.directory, "checkpoints": []}, out, indent=2)
+                out.write("\n")
             checkpoints.require_checkpoints()  # raises, saying what the folder holds
         integrity: dict[int, Any] = {}
         if args.verify and any(entry.committed for entry in entries):
@@ -364,9 +369,9 @@ def cmd_diff(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             title = f"step {first} -> step {second} in {checkpoints.directory}"
         else:
             step = _chosen_step(checkpoints, args)
-            current = _model_specs(args.model)
+            current, params = _model_specs(args.model)
             saved = checkpoints.leaf_specs(step)
-            report = _restore.plan(step, saved, current).report
+            report = _restore.plan(step, saved, current, params=params).report
             title = f"restoring step {step} of {checkpoints.directory} into {args.model}()"
     if args.json:
         json.dump({"title": title, "exact": report.exact, **report.to_dict()}, out, indent=2)
@@ -410,8 +415,9 @@ def _write_step_diff(
     )
 
 
-def _model_specs(spec: str) -> dict[str, LeafSpec]:
-    """Import `module:factory`, call it, and return the leaf specs of what it built."""
+def _model_specs(spec: str) -> tuple[dict[str, LeafSpec], set[str]]:
+    """Import `module:factory`, call it, and return the leaf specs of what it built, and
+    the paths of its parameters (`nnx.Param`), as `restore()` plans with them."""
     from flax import nnx
 
     from . import _state
@@ -456,10 +462,14 @@ def _model_specs(spec: str) -> dict[str, LeafSpec]:
             f"--model {spec}: {attr}() returned {type(built).__name__}; it must return an "
             "nnx.Module, or a (model, nnx.Optimizer) pair."
         )
-    return {
-        path: _state.spec_of(variable.get_value())
-        for path, variable in _state.variables(model, optimizer).items()
+    live = _state.variables(model, optimizer)
+    specs = {path: _state.spec_of(variable.get_value()) for path, variable in live.items()}
+    params = {
+        path
+        for path, variable in live.items()
+        if path.startswith("model/") and isinstance(variable, nnx.Param)
     }
+    return specs, params
 
 
 # -------------------------------------------------------------------------- verify
@@ -524,6 +534,12 @@ def cmd_export(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                     _export.safetensors_dtype(specs[path].dtype, path)
             except _export.UnsupportedDtypeError as exc:
                 raise UsageError(str(exc)) from None
+        if args.verify:
+            problems = _damage(checkpoints.directory, step, err, args.progress)
+            if problems:
+                return _fail(
+                    err, _export_refused(checkpoints.directory, step, problems), EXIT_DIFFERENT
+                )
         shapes = {
             path: (
                 specs[path].shape,
@@ -547,10 +563,62 @@ def cmd_export(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         metadata = {"roxxel_step": str(step), "roxxel_source": checkpoints.directory}
         try:
             _export.write(target, fmt, shapes, chunks(), metadata=metadata)
+        except CorruptCheckpointError as exc:  # a shard failed its CRC while it was read
+            problems = exc.problems or (str(exc),)
+            message = _export_refused(checkpoints.directory, step, problems, while_reading=True)
+            return _fail(err, message, EXIT_DIFFERENT)
         finally:
             bar.close()
     out.write(f"wrote {len(paths)} arrays ({_size(total)}) of step {step} to {target} ({fmt})\n")
     return EXIT_OK
+
+
+def _damage(directory: str, step: int, err: TextIO, progress: str) -> tuple[str, ...]:
+    """The problems the deep checksum check finds in `step` (none for a URL: object stores
+    keep their own content hashes; none for a step saved without checksums)."""
+    from ._integrity import check, recorded_bytes
+    from ._paths import is_url
+
+    if is_url(directory):
+        return ()
+    step_dir = os.path.join(directory, str(step))
+    total = recorded_bytes(step_dir)
+    bar = ProgressBar(f"verifying step {step}", stream=err, mode=progress)
+    done = 0
+
+    def advance(n: int) -> None:
+        nonlocal done
+        done += n
+        bar(done, total)
+
+    try:
+        bar(0, total)
+        result = check(step_dir, step, on_bytes=advance)
+    finally:
+        bar.close()
+    return () if result.ok else result.problems
+
+
+def _export_refused(
+    directory: str, step: int, problems: Sequence[str], *, while_reading: bool = False
+) -> str:
+    """Why export wrote nothing: the damaged files of `step`, and what to do instead."""
+    shown = "".join(f"\n  {problem}" for problem in problems[:10])
+    if len(problems) > 10:
+        shown += f"\n  ... and {len(problems) - 10} more"
+    if while_reading:
+        anyway = (
+            "The shards of the array data are checked as they are read, with or without "
+            "--no-verify, so a damaged one cannot be exported."
+        )
+    else:
+        anyway = "Pass --no-verify to skip this check of the whole step."
+    return (
+        f"step {step} in {directory} is damaged: {len(problems)} problem(s) against the "
+        f"checksums recorded when it was saved:{shown}\nNothing was written. Export another "
+        f"step (roxxel ls {directory} lists them; roxxel verify {directory} checks them all). "
+        + anyway
+    )
 
 
 def _format_from_suffix(target: str) -> Literal["safetensors", "npz"]:
@@ -680,6 +748,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument("--optimizer", action="store_true", help="include the optimizer state too")
     export.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    export.add_argument(
+        "--no-verify",
+        dest="verify",
+        action="store_false",
+        help="skip the checksum check of the whole step before export (shards of the array "
+        "data are still checked as they are read)",
+    )
     progress(export)
     return parser
 
@@ -689,10 +764,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     out, err = sys.stdout, sys.stderr
-    # Orbax warns through absl about opening a directory read-only; that is the point here.
-    absl_logger = logging.getLogger("absl")
-    level = absl_logger.level
-    absl_logger.setLevel(logging.ERROR)
+    restore_logging = _quiet_absl()
     try:
         code: int = args.handler(args, out, err)
         return code
@@ -713,7 +785,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # e.g. `roxxel ls DIR | head`
         return EXIT_OK
     finally:
-        absl_logger.setLevel(level)
+        restore_logging()
+
+
+def _quiet_absl() -> Callable[[], None]:
+    """Silence absl's log lines for this run; return the function that undoes it.
+
+    Orbax logs through absl: a WARNING on every read-only open, an ERROR (with the file's
+    content) for each unreadable metadata file it meets. The command reports every problem
+    itself, with what to do, so those lines would only repeat it in another voice. absl's
+    verbosity and the `absl` Python logger (one object) are set to drop everything below
+    CRITICAL; this runs before Orbax is imported, and is undone when the command returns
+    (`main` is also called in-process, by tests and scripts).
+    """
+    absl_logging: Any
+    try:
+        from absl import logging as absl_logging
+    except ImportError:  # pragma: no cover - absl comes with Orbax
+        absl_logging = None
+    logger = logging.getLogger("absl")  # after the import above: absl's own ABSLLogger
+    level = logger.level
+    verbosity = absl_logging.get_verbosity() if absl_logging is not None else None
+    if absl_logging is not None:
+        absl_logging.set_verbosity(absl_logging.FATAL)
+    logger.setLevel(logging.CRITICAL)
+
+    def restore() -> None:
+        if absl_logging is not None and verbosity is not None:
+            absl_logging.set_verbosity(verbosity)
+        logger.setLevel(level)
+
+    return restore
 
 
 def _fail(err: TextIO, message: str, code: int) -> int:

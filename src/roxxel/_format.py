@@ -35,6 +35,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import errno
+import functools
 import json
 import math
 import os
@@ -107,11 +108,16 @@ def aligned_empty(nbytes: int) -> np.ndarray[Any, np.dtype[np.uint8]]:
 class Shard:
     """One shard to write: its place in the global array and its bytes (a uint8 view)."""
 
-    index: tuple[tuple[int, int], ...]
+    index: tuple[tuple[int, int], ...] | None  # None: the whole array
     data: np.ndarray[Any, np.dtype[np.uint8]]
     file: int = 0
     offset: int = 0
     crc: int = 0  # CRC-32C of `data`, set while it is written
+    length: int = -1  # bytes; set where `data` is filled in later (packed shards)
+
+    @property
+    def nbytes(self) -> int:
+        return self.length if self.length >= 0 else self.data.nbytes
 
 
 @dataclasses.dataclass
@@ -226,37 +232,35 @@ def snapshot(
     CPU); with `"copy"` they are copied into `pool`, up to `staging_limit` bytes (the rest
     stay views). NumPy leaves, which the caller may change in place, are always copied.
     """
-    _start_host_copies(iter(tree.values()))
+    import jax
+
+    single = jax.sharding.SingleDeviceSharding
+    if _accelerated():
+        _start_host_copies(iter(tree.values()))
     leaves: dict[str, Leaf] = {}
-    small: list[tuple[Shard, np.ndarray[Any, Any]]] = []
+    small: list[tuple[Shard, np.ndarray[Any, Any]]] = []  # (shard, uint8 view)
     large: list[tuple[Shard, np.ndarray[Any, Any], bool]] = []  # (shard, host, must_copy)
     for path, value in tree.items():
         if isinstance(value, str):
             leaves[path] = Leaf(_STRING, (), value=value)
             continue
-        leaf = Leaf(_dtype_name(value.dtype), tuple(int(d) for d in value.shape))
+        leaf = Leaf(_dtype_name(value.dtype), tuple(value.shape))
         leaves[path] = leaf
-        for index, data in _host_shards(value):
+        host_copy = isinstance(value, np.ndarray)
+        # The common case first: a whole array on one local device (or in host memory).
+        if host_copy or type(value.sharding) is single:
+            pairs: Any = ((None, value),)
+        else:
+            pairs = _host_shards(value)
+        for index, data in pairs:
             host = np.asarray(data)
-            shard = Shard(index, np.empty(0, np.uint8))
+            shard = Shard(index, _EMPTY)
             leaf.shards.append(shard)
             if host.nbytes < SMALL:
-                small.append((shard, host))
+                small.append((shard, host.reshape(-1).view(np.uint8)))
             else:
-                large.append((shard, host, isinstance(value, np.ndarray)))
-    # The packed region: every small shard copied, each at a 64-byte boundary.
-    offsets = []
-    end = 0
-    for _, host in small:
-        offsets.append(end)
-        end += -(-host.nbytes // 64) * 64
-    packed = aligned_empty(_align_up(end))
-    packed[end:] = 0
-    for (shard, host), offset in zip(small, offsets, strict=True):
-        region = packed[offset : offset + host.nbytes]
-        region[:] = _bytes_view(host)
-        packed[offset + host.nbytes : -(-(offset + host.nbytes) // 64) * 64] = 0
-        shard.data, shard.file, shard.offset = region, 0, offset
+                large.append((shard, host, host_copy))
+    packed = _pack(small)
     # Large shards: copy into the staging pool (up to the limit), or hold views.
     budget = 0
     if staging == "copy":
@@ -284,15 +288,48 @@ def snapshot(
         if id(shard) not in copied_ids:
             shard.data = _bytes_view(host)
             held += 1
-    files = _assign(large_shards=[s for s, _, _ in large], first_file_start=packed.size)
-    total = sum(s.data.nbytes for leaf in leaves.values() for s in leaf.shards)
+    files = _assign([s for s, _, _ in large], packed.size, WRITERS)
+    total = sum(s.nbytes for leaf in leaves.values() for s in leaf.shards)
     return Snapshot(process, leaves, files, packed, [s for s, _ in small], total, held)
 
 
-def _assign(large_shards: list[Shard], first_file_start: int) -> list[list[Shard]]:
-    """Spread the large shards over `WRITERS` files (largest first, to the emptiest file) and
+def _pack(small: list[tuple[Shard, np.ndarray[Any, Any]]]) -> np.ndarray[Any, np.dtype[np.uint8]]:
+    """Copy the small shards into one aligned, zero-padded region (each at a 16-byte boundary,
+    which suits every dtype); one `bytes.join` does the copying in C. The shards get their
+    offsets and lengths here, their data views in the writer thread (`write`)."""
+    parts: list[Any] = []
+    end = 0
+    for shard, view in small:
+        shard.offset = end
+        shard.length = n = view.nbytes
+        parts.append(view)
+        end += n
+        pad = -end % 16
+        if pad:
+            parts.append(_ZEROS[:pad])
+            end += pad
+    packed = aligned_empty(_align_up(end))
+    packed[:end] = np.frombuffer(b"".join(parts), np.uint8)
+    packed[end:] = 0
+    return packed
+
+
+_ZEROS = bytes(16)
+_EMPTY = np.empty(0, np.uint8)
+
+
+@functools.lru_cache(maxsize=1)
+def _accelerated() -> bool:
+    """True when JAX has a non-CPU device: then device-to-host copies are started early."""
+    import jax
+
+    return any(d.platform != "cpu" for d in jax.devices())
+
+
+def _assign(large_shards: list[Shard], first_file_start: int, writers: int) -> list[list[Shard]]:
+    """Spread the large shards over `writers` files (largest first, to the emptiest file) and
     give each its offset: congruent to its address modulo ALIGN, after the previous one."""
-    count = max(1, min(WRITERS, len(large_shards)))
+    count = max(1, min(writers, len(large_shards)))
     files: list[list[Shard]] = [[] for _ in range(count)]
     loads = [first_file_start] + [0] * (count - 1)
     for shard in sorted(large_shards, key=lambda s: -s.data.nbytes):
@@ -421,6 +458,7 @@ def write(directory: str, snap: Snapshot, *, local: bool) -> Written:
     opener: Callable[[str], Any] = _LocalFile if local else _StreamFile
     files = snap.files or [[]]
     for shard in snap.packed_shards:  # small shards: CRC from their packed copies
+        shard.data = snap.packed[shard.offset : shard.offset + shard.length]
         shard.crc = crc32c(shard.data)
     sizes: dict[str, int] = {}
     direct = True
@@ -457,12 +495,13 @@ def _index(snap: Snapshot, sizes: Mapping[str, int]) -> dict[str, Any]:
         if leaf.value is not None:
             entry["value"] = leaf.value
         else:
+            whole = [[0, n] for n in leaf.shape]
             entry["shards"] = [
                 {
-                    "index": [list(pair) for pair in shard.index],
+                    "index": whole if shard.index is None else [list(p) for p in shard.index],
                     "file": data_name(snap.process, shard.file),
                     "offset": shard.offset,
-                    "length": shard.data.nbytes,
+                    "length": shard.nbytes,
                     "crc32c": shard.crc,
                 }
                 for shard in leaf.shards
@@ -744,6 +783,8 @@ class _Reader:
         self._fds: dict[str, int] = {}
         self._direct: dict[str, bool] = {}
         self._lock = threading.Lock()
+        self._fs: Any = None  # the fsspec filesystem of a remote directory
+        self._root = ""
 
     def _fd(self, name: str) -> tuple[int, bool]:
         with self._lock:
@@ -812,11 +853,15 @@ class _Reader:
         return buffer[lead : lead + shard.length]
 
     def _read_remote(self, shard: SavedShard) -> np.ndarray[Any, np.dtype[np.uint8]]:
-        from etils import epath
+        """One ranged GET per shard (fsspec's `cat_file`), several in parallel."""
+        with self._lock:
+            if self._fs is None:
+                import fsspec
 
-        with epath.Path(os.path.join(self.directory, shard.file)).open("rb") as handle:
-            handle.seek(shard.offset)
-            body = handle.read(shard.length)
+                self._fs, self._root = fsspec.core.url_to_fs(self.directory)
+        body = self._fs.cat_file(
+            f"{self._root}/{shard.file}", start=shard.offset, end=shard.offset + shard.length
+        )
         if len(body) != shard.length:
             raise CorruptCheckpointError(
                 f"{ITEM}/{shard.file} in {self.directory} is shorter than its index says.",

@@ -224,6 +224,12 @@ class CheckpointDir:
         """Resolve `--step N` / `--best` / neither (the newest) to a committed step."""
         steps = self.require_checkpoints()
         if best:
+            if self.retention.best_metric is None:
+                raise NoCheckpointError(
+                    f"--best needs a metric to rank the checkpoints of {self.directory}, and "
+                    f"none was named (steps: {steps}). Name it with --best-metric NAME (e.g. "
+                    "--best-metric loss), or pick a step with --step N."
+                )
             chosen = self.best_step()
             if chosen is None:
                 raise NoCheckpointError(

@@ -44,6 +44,22 @@ from ._state import STRING, LeafSpec, flatten, nest
 
 logger = logging.getLogger("roxxel")
 
+
+class _DropReadOnlyNotices(logging.Filter):
+    """Orbax's two absl warnings on every read-only open: `read_only=True` is the caller's
+    choice, not news."""
+
+    _PREFIXES = (
+        "CheckpointManagerOptions.read_only=True, setting save_interval_steps=0",
+        "Given directory is read only=",
+    )
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self._PREFIXES)
+
+
+logging.getLogger("absl").addFilter(_DropReadOnlyNotices())
+
 STATE_ITEM = "state"
 """The item of Roxxel 0.1.0 (format 1): a PyTree written by Orbax through TensorStore."""
 ARRAYS_ITEM = _format.ITEM

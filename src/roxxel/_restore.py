@@ -5,12 +5,23 @@ optimizer. Leaves present in both with the same shape are restored (cast when on
 differs); leaves only in the model keep their current values (`missing`); leaves only on disk
 are left alone (`unused`); leaves whose shape differs, PRNG keys of another implementation and
 strings against numbers are `mismatched`. No array is read here.
+
+Which current leaves are the model's parameters (`nnx.Param`) is passed in as plain paths, so
+the plan can say what fraction of them a restore sets. The optimizer's counters (its `step` and
+the `count` of its transforms) are withheld when none of the state they count (no parameter,
+no moment) is restored: a step count without its weights and moments would resume a fresh
+model with a learning-rate schedule and a bias correction meant for the saved step.
+
+Renames are suggested, never applied on their own: one name that differs (`{"enc":
+"encoder"}`), or leading path components added or removed (the model wrapped into a parent
+module, `{"model/inner": "model"}`, or unwrapped, `{"model": "model/inner"}`), the latter
+checked by planning with it.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from typing import Any, Literal
 
 from ._errors import InvalidArgumentError
@@ -37,7 +48,15 @@ class RestoreReport:
         mismatch_notes: for mismatched leaves of unchanged shape, what differs (a PRNG key of
             another implementation, a string against a number).
         suggested_rename: a `rename=` argument that would restore missing leaves from unused
-            ones that differ only in one name and have the same shape (empty if none).
+            ones of the same shape whose paths differ in one name, or in leading components
+            added or removed (a model moved under a parent module: `{"model/inner": "model"}`;
+            out of one: `{"model": "model/inner"}`). Empty if none; never applied by itself.
+        withheld: leaves on disk that fit but were not restored, as `path: why`: the
+            optimizer's counters (`optimizer/step`, the `count` of its transforms) when no
+            parameter and no optimizer moment was restored.
+        params_restored: how many of the model's parameters (`nnx.Param`) were restored.
+        params_total: how many parameters the model has (0 when not known, as in a plan made
+            without them).
         applied: False for a dry run or a restore that stopped on an error.
     """
 
@@ -52,22 +71,52 @@ class RestoreReport:
     renamed: Mapping[str, str] = dataclasses.field(default_factory=dict)
     mismatch_notes: Mapping[str, str] = dataclasses.field(default_factory=dict)
     suggested_rename: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    withheld: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    params_restored: int = 0
+    params_total: int = 0
     applied: bool = False
 
     @property
     def exact(self) -> bool:
         """True when every leaf on disk and in the model matched with no cast or rename."""
-        return not (self.missing or self.unused or self.mismatched or self.cast or self.renamed)
+        return not (
+            self.missing
+            or self.unused
+            or self.mismatched
+            or self.cast
+            or self.renamed
+            or self.withheld
+        )
+
+    @property
+    def all_params_restored(self) -> bool:
+        """True when every parameter of the model was restored (or it has none)."""
+        return self.params_restored == self.params_total
+
+    def params_text(self) -> str:
+        """`3 of 4 model parameters restored` (`none of ...`, `all ...`); '' when unknown."""
+        total = self.params_total
+        if not total:
+            return ""
+        if self.params_restored == total:
+            return f"all {total} model parameters restored"
+        if not self.params_restored:
+            return f"none of the {total} model parameters restored"
+        percent = 100 * self.params_restored / total
+        return f"{self.params_restored} of {total} model parameters restored ({percent:.0f}%)"
 
     def summary(self) -> str:
-        """One line: the counts of each kind of leaf (and a rename hint if one fits)."""
+        """One line: the counts of each kind of leaf, the fraction of the model's parameters
+        restored (unless the restore was exact), and a rename hint if one fits."""
         parts = [f"restored {len(self.restored)}"]
-        for name in ("missing", "unused", "mismatched", "cast", "renamed"):
+        for name in ("missing", "unused", "mismatched", "cast", "renamed", "withheld"):
             items = getattr(self, name)
             if items:
                 parts.append(f"{name} {len(items)}")
         verb = "step" if self.applied else "step (not applied)"
         line = f"{verb} {self.step}: " + ", ".join(parts)
+        if not self.exact and self.params_text():
+            line += "; " + self.params_text()
         if self.suggested_rename:
             line += (
                 "; some missing leaves are on disk under another name: restore with "
@@ -99,6 +148,9 @@ class RestoreReport:
                 for path, (saved, current) in self.cast.items()
             },
             "renamed": dict(self.renamed),
+            "withheld": dict(self.withheld),
+            "params_restored": self.params_restored,
+            "params_total": self.params_total,
             "suggested_rename": dict(self.suggested_rename),
         }
 
@@ -114,6 +166,8 @@ class RestoreReport:
             lines.append(f"  cast        {path}  {saved_dtype} -> {current_dtype}")
         for path, saved_path in self.renamed.items():
             lines.append(f"  renamed     {path}  <- {saved_path}")
+        for path, why in self.withheld.items():
+            lines.append(f"  withheld    {path}  (in the checkpoint; not restored: {why})")
         return "\n".join(lines)
 
 
@@ -151,23 +205,63 @@ def _find(parts: list[str], run: list[str]) -> int:
     return -1
 
 
-def saved_name(path: str, rename: Mapping[str, str]) -> str:
+def saved_name(path: str, rename: Mapping[str, str], *, mirror: int | None = None) -> str:
     """The name under which the current leaf `path` is looked up on disk.
 
     A rename key matches a run of whole path components anywhere in the path (so
     `{"encoder": "enc"}` also renames the optimizer's `mu/encoder/...`); the longest key wins.
-    A key that starts with `model/` also renames the optimizer's state for that part of the
-    model, which mirrors the model's paths (`optimizer/opt_state/0/mu/<path in the model>`).
+    A key that starts with `model/` (or is `model`) also renames the optimizer's state for that
+    part of the model, which mirrors the model's paths
+    (`optimizer/opt_state/0/mu/<path in the model>`). `mirror` is the index of the component
+    where that mirrored model path starts in `path` (see `mirrors`); when it is known the key
+    must match there, and only with it can `{"model": "model/inner"}` reach the optimizer.
     """
     parts = path.split("/")
     for key in sorted(rename, key=lambda k: -len(k.split("/"))):
         old, new = key.split("/"), rename[key].split("/")
         if parts[0] == "optimizer" and old[0] == "model" and new[0] == "model":
             old, new = old[1:], new[1:]
+            if mirror is not None:
+                if parts[mirror : mirror + len(old)] == old:
+                    return "/".join(parts[:mirror] + new + parts[mirror + len(old) :])
+                continue
         i = _find(parts, old)
         if i >= 0 and old:
             return "/".join(parts[:i] + new + parts[i + len(old) :])
     return path
+
+
+def mirrors(paths: Iterable[str]) -> dict[str, int]:
+    """For each optimizer leaf that mirrors a model leaf, where the model's path starts in it.
+
+    `optimizer/opt_state/0/mu/encoder/kernel` mirrors `model/encoder/kernel` from index 4; the
+    longest mirrored model path wins. Leaves such as `optimizer/step` mirror nothing.
+    """
+    paths = list(paths)
+    in_model = {p[len("model/") :] for p in paths if p.startswith("model/")}
+    result: dict[str, int] = {}
+    for path in paths:
+        if not path.startswith("optimizer/"):
+            continue
+        parts = path.split("/")
+        for i in range(2, len(parts)):
+            if "/".join(parts[i:]) in in_model:
+                result[path] = i
+                break
+    return result
+
+
+def counters(paths: Iterable[str], mirrored: Collection[str]) -> list[str]:
+    """The optimizer's counters: `optimizer/step` and each transform's `count`.
+
+    A leaf that mirrors a model leaf (a moment of a parameter named `count`) is not one.
+    """
+    return [
+        p
+        for p in paths
+        if p not in mirrored
+        and (p == "optimizer/step" or (p.startswith("optimizer/") and p.endswith("/count")))
+    ]
 
 
 def _occurs(name: str, paths: Iterable[str]) -> bool:
@@ -244,12 +338,105 @@ def _suggest_rename(
     return dict(sorted(suggestion.items()))
 
 
+@dataclasses.dataclass
+class _Match:
+    """Current leaves sorted against saved ones for one rename map."""
+
+    reads: dict[str, str]
+    missing: list[str]
+    mismatched: dict[str, tuple[tuple[int, ...], tuple[int, ...]]]
+    cast: dict[str, tuple[str, str]]
+    renamed: dict[str, str]
+    notes: dict[str, str]
+    used: set[str]
+
+
+def _match(
+    saved: Mapping[str, LeafSpec],
+    current: Mapping[str, LeafSpec],
+    rename: Mapping[str, str],
+    mirrored: Mapping[str, int],
+) -> _Match:
+    found = _Match({}, [], {}, {}, {}, {}, set())
+    for path, spec in current.items():
+        source = saved_name(path, rename, mirror=mirrored.get(path))
+        if source not in saved and path in saved:
+            source = path
+        if source not in saved:
+            found.missing.append(path)
+            continue
+        found.used.add(source)
+        stored = saved[source]
+        if not stored.fits(spec):
+            found.mismatched[path] = (stored.shape, spec.shape)
+            if stored.shape == spec.shape:
+                found.notes[path] = f"saved {stored.describe()}, current {spec.describe()}"
+            continue
+        if stored.casts_to(spec):
+            found.cast[path] = (stored.dtype, spec.dtype)
+        if source != path:
+            found.renamed[path] = source
+        found.reads[path] = source
+    return found
+
+
+def _counted(reads: Collection[str], params: Collection[str], mirrored: Collection[str]) -> bool:
+    """True when a parameter, or an optimizer leaf mirroring the model (a moment), is read."""
+    return any(p in reads for p in params) or any(p in reads for p in mirrored)
+
+
+WITHHELD_COUNTER = (
+    "an optimizer counter, and no parameter or optimizer moment it counts was restored"
+)
+"""Why a counter is withheld: it would resume fresh weights with the saved step's
+learning-rate schedule and bias correction."""
+
+
+def prefix_candidates(
+    missing: Iterable[str],
+    unused: Iterable[str],
+    saved: Mapping[str, LeafSpec],
+    current: Mapping[str, LeafSpec],
+) -> list[dict[str, str]]:
+    """Renames for model paths that gained or lost a run of components, most votes first.
+
+    A missing `model/inner/encoder/kernel` and an unused `model/encoder/kernel` of the same
+    shape vote for `{"model/inner": "model"}` (the model was wrapped); the reverse pairing votes
+    for `{"model": "model/inner"}` (it was unwrapped). The run may sit deeper
+    (`model/body/inner/...` against `model/body/...`); the leaf name itself never moves. Only
+    model paths vote: a model-path rename also renames the optimizer's mirror of them.
+    """
+    lost = {p for p in missing if p.startswith("model/")}
+    spare = {p for p in unused if p.startswith("model/")}
+    votes: dict[tuple[str, str], int] = {}
+
+    def runs(path: str) -> Iterator[tuple[list[str], list[str], str]]:
+        parts = path.split("/")
+        for start in range(1, len(parts) - 1):
+            for end in range(start + 1, len(parts)):
+                yield parts[:start], parts[start:end], "/".join(parts[:start] + parts[end:])
+
+    for path in lost:  # the current path has the extra run: it was wrapped
+        for head, run, shorter in runs(path):
+            if shorter in spare and saved[shorter].shape == current[path].shape:
+                key = ("/".join(head + run), "/".join(head))
+                votes[key] = votes.get(key, 0) + 1
+    for path in spare:  # the saved path has the extra run: it was unwrapped
+        for head, run, shorter in runs(path):
+            if shorter in lost and current[shorter].shape == saved[path].shape:
+                key = ("/".join(head), "/".join(head + run))
+                votes[key] = votes.get(key, 0) + 1
+    ranked = sorted(votes.items(), key=lambda item: (-item[1], item[0]))
+    return [{key: value} for (key, value), _ in ranked]
+
+
 def plan(
     step: int,
     saved: Mapping[str, LeafSpec],
     current: Mapping[str, LeafSpec],
     *,
     rename: Mapping[str, str] | None = None,
+    params: Collection[str] | None = None,
 ) -> RestorePlan:
     """Match saved leaves to current ones; see the module docstring for the rules.
 
@@ -257,50 +444,84 @@ def plan(
     written after the rename) is read under its current name, so a `rename=` left in a
     training script keeps working for newer checkpoints.
 
+    Args:
+        step: the checkpoint step, for the report.
+        saved: the leaves on disk.
+        current: the leaves of the live model and optimizer.
+        rename: `{current name: saved name}`.
+        params: the current paths that are the model's parameters (`nnx.Param`); None when
+            unknown (the report then counts none, and counters are withheld only when no
+            model leaf and no moment is restored).
+
     Raises:
         InvalidArgumentError: a rename key names nothing in the current model.
     """
     rename = rename or {}
     _check_rename_fits(rename, saved, current)
-    reads: dict[str, str] = {}
-    missing: list[str] = []
-    mismatched: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {}
-    cast: dict[str, tuple[str, str]] = {}
-    renamed: dict[str, str] = {}
-    notes: dict[str, str] = {}
-    used: set[str] = set()
-    for path, spec in current.items():
-        source = saved_name(path, rename)
-        if source not in saved and path in saved:
-            source = path
-        if source not in saved:
-            missing.append(path)
-            continue
-        used.add(source)
-        stored = saved[source]
-        if not stored.fits(spec):
-            mismatched[path] = (stored.shape, spec.shape)
-            if stored.shape == spec.shape:
-                notes[path] = f"saved {stored.describe()}, current {spec.describe()}"
-            continue
-        if stored.casts_to(spec):
-            cast[path] = (stored.dtype, spec.dtype)
-        if source != path:
-            renamed[path] = source
-        reads[path] = source
-    unused = tuple(sorted(p for p in saved if p not in used))
+    mirrored = mirrors(current)
+    if params is None:
+        counted: Collection[str] = [p for p in current if p.startswith("model/")]
+        param_set: set[str] = set()
+    else:
+        param_set = {p for p in params if p in current}
+        counted = param_set
+    found = _match(saved, current, rename, mirrored)
+    withheld: dict[str, str] = {}
+    if not _counted(found.reads, counted, mirrored):
+        for path in counters(found.reads, mirrored):
+            withheld[path] = WITHHELD_COUNTER
+            del found.reads[path]
+            found.cast.pop(path, None)
+            found.renamed.pop(path, None)
+    unused = tuple(sorted(p for p in saved if p not in found.used))
+    suggestion = _suggest(found, unused, saved, current, rename, mirrored, counted)
     report = RestoreReport(
         step=step,
-        restored=tuple(sorted(reads)),
-        missing=tuple(sorted(missing)),
+        restored=tuple(sorted(found.reads)),
+        missing=tuple(sorted(found.missing)),
         unused=unused,
-        mismatched=mismatched,
-        cast=cast,
-        renamed=renamed,
-        mismatch_notes=notes,
-        suggested_rename=_suggest_rename(missing, unused, saved, current),
+        mismatched=found.mismatched,
+        cast=found.cast,
+        renamed=found.renamed,
+        mismatch_notes=found.notes,
+        suggested_rename=suggestion,
+        withheld=dict(sorted(withheld.items())),
+        params_restored=sum(1 for p in param_set if p in found.reads),
+        params_total=len(param_set),
     )
-    return RestorePlan(reads=reads, report=report)
+    return RestorePlan(reads=found.reads, report=report)
+
+
+def _suggest(
+    found: _Match,
+    unused: tuple[str, ...],
+    saved: Mapping[str, LeafSpec],
+    current: Mapping[str, LeafSpec],
+    rename: Mapping[str, str],
+    mirrored: Mapping[str, int],
+    counted: Collection[str],
+) -> dict[str, str]:
+    """The best rename to suggest: one differing name, or a prefix added or removed.
+
+    Each prefix candidate (at most three, by votes) is checked by planning with it on top of
+    `rename`; one is suggested only when it restores more of the model (then more leaves)
+    than both the plan as it is and the one-name suggestion.
+    """
+    if not (found.missing and unused):
+        return {}
+    by_name = _suggest_rename(found.missing, unused, saved, current)
+
+    def score(extra: Mapping[str, str]) -> tuple[int, int]:
+        trial = _match(saved, current, {**rename, **extra}, mirrored)
+        return sum(1 for p in counted if p in trial.reads), len(trial.reads)
+
+    best: dict[str, str] = {}
+    best_score = score(by_name) if by_name else score({})
+    for candidate in prefix_candidates(found.missing, unused, saved, current)[:3]:
+        candidate_score = score(candidate)
+        if candidate_score > best_score:
+            best, best_score = candidate, candidate_score
+    return best or by_name
 
 
 def mismatch_message(report: RestoreReport, directory: str) -> str:
@@ -324,5 +545,60 @@ def mismatch_message(report: RestoreReport, directory: str) -> str:
             "leaves of that name have the current shapes)"
         )
     fixes.append("call plan_restore() with the same arguments for the full report")
+    lines.append("To fix: " + "; or ".join(f"{i}) {fix}" for i, fix in enumerate(fixes, 1)) + ".")
+    return "\n".join(lines)
+
+
+def moved_prefix(rename: Mapping[str, str]) -> str:
+    """How a one-key prefix rename moves the model, in words ('' for any other rename)."""
+    if len(rename) != 1:
+        return ""
+    ((key, value),) = rename.items()
+    if key.startswith(value + "/"):
+        return (
+            f"paths under {value}/ gained a leading {key[len(value) + 1 :]}/ (moved into a module)"
+        )
+    if value.startswith(key + "/"):
+        return f"paths under {key}/ lost a leading {value[len(key) + 1 :]}/ (taken out of a module)"
+    return ""
+
+
+def no_params_message(report: RestoreReport, directory: str) -> str:
+    """The error text for a restore that would set none of the model's parameters."""
+    others = len(report.restored)
+    also = f"only {others} other leaves match" if others else "no other leaf matches either"
+    lines = [
+        f"cannot restore step {report.step} from {directory}: none of the model's "
+        f"{report.params_total} parameters (nnx.Param) is in the checkpoint under its current "
+        f"path ({also}), so training would resume from freshly initialized weights. Nothing "
+        "was changed."
+    ]
+    if report.suggested_rename:
+        moved = moved_prefix(report.suggested_rename)
+        cause = moved or "their paths changed"
+        lines.append(
+            f"The saved parameters are on disk under other paths with the same shapes: {cause}. "
+            f"Restore with rename={dict(report.suggested_rename)!r}."
+        )
+    for title, paths in (
+        ("missing (in the model, not on disk)", report.missing),
+        ("unused (on disk, not in the model)", report.unused),
+    ):
+        shown = [p for p in paths if p.startswith("model/")][:5]
+        if shown:
+            more = sum(1 for p in paths if p.startswith("model/")) - len(shown)
+            lines.append(f"  {title}: " + ", ".join(shown) + (f", ... {more} more" if more else ""))
+    fixes = []
+    if report.suggested_rename:
+        fixes.append(f"pass rename={dict(report.suggested_rename)!r}")
+    else:
+        fixes.append(
+            "check that this is the checkpoint of this model, and pass rename={current name: "
+            "saved name} for paths that changed"
+        )
+    fixes.append(
+        "pass allow_partial=True to restore only the leaves that match (the optimizer's step "
+        "and counts are still not restored without the state they count)"
+    )
     lines.append("To fix: " + "; or ".join(f"{i}) {fix}" for i, fix in enumerate(fixes, 1)) + ".")
     return "\n".join(lines)

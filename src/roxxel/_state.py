@@ -61,7 +61,7 @@ class LeafSpec:
 
 
 def _path_string(root: str, path: tuple[Any, ...]) -> str:
-    return "/".join([root, *(str(part) for part in path)])
+    return f"{root}/{'/'.join(map(str, path))}" if path else root
 
 
 def variables(
@@ -123,7 +123,7 @@ def to_saved(value: Any) -> Any:
     """The array that stands for `value` on disk (key data for keys, 0-d arrays for scalars)."""
     if is_key(value):
         return jax.random.key_data(value)
-    if isinstance(value, _PY_SCALARS):
+    if isinstance(value, (*_PY_SCALARS, np.generic)):
         return np.asarray(value)
     return value
 
@@ -141,7 +141,7 @@ def read_target(current: Any, saved: LeafSpec) -> jax.ShapeDtypeStruct | str:
     if isinstance(current, _PY_SCALARS):
         return jax.ShapeDtypeStruct(saved.shape, np.dtype(saved.dtype))  # type: ignore[no-untyped-call]
     stored = to_saved(current)
-    if isinstance(stored, np.ndarray):
+    if isinstance(stored, (np.ndarray, np.generic)):
         return jax.ShapeDtypeStruct(saved.shape, stored.dtype)  # type: ignore[no-untyped-call]
     return jax.ShapeDtypeStruct(  # type: ignore[no-untyped-call]
         saved.shape, stored.dtype, sharding=stored.sharding
@@ -158,6 +158,8 @@ def from_saved(array: Any, current: Any, spec: LeafSpec) -> Any:
         return type(current)(np.asarray(array).item())
     if isinstance(current, np.ndarray):
         return np.asarray(array, dtype=current.dtype)
+    if isinstance(current, np.generic):  # a NumPy scalar stays one
+        return np.asarray(array, dtype=current.dtype)[()]
     if np.dtype(array.dtype) != np.dtype(current.dtype):
         return array.astype(current.dtype)
     return array

@@ -78,28 +78,91 @@ def _is_numpy_dtype(value: Any) -> bool:
     return True
 
 
+_EXACT_INT = 2**53
+"""Integers up to this size (in magnitude) are exact as floats; above it, not all are."""
+
+
 def metric_value(key: str, value: Any) -> float:
-    """Return one metric as a Python float; NaN and infinities are kept (they are never best)."""
+    """Return one metric as a Python float; NaN and infinities are kept (they are never best).
+
+    Accepted: Python and NumPy real numbers, and scalar (or one-element) arrays of any float
+    dtype, including JAX's bfloat16, float16 and float8 types (the value is converted to a
+    Python float, which holds every one of them exactly), or of an integer dtype.
+
+    Metrics are stored as floats (64-bit), so an integer is refused, not rounded, when its
+    magnitude is above 2**53: beyond that a float cannot hold every integer, and the stored
+    value would silently differ from the one passed. Pass such a number as a float
+    (`float(n)`) if an approximation is meant. A number too large for a float at all (e.g.
+    `10**400`) is refused the same way.
+    """
+    name = f"metrics_dict[{key!r}]"
     if isinstance(value, (bool, np.bool_)) or isinstance(value, (str, bytes)):
         raise InvalidArgumentError(
-            f"metrics_dict[{key!r}] must be a real number, got {_describe(value)}. "
+            f"{name} must be a real number, got {_describe(value)}. "
             "Pass a float such as the mean loss of the step.",
-            name=f"metrics_dict[{key!r}]",
+            name=name,
             value=value,
         )
+    if isinstance(value, numbers.Integral):
+        return _exact_int(name, int(value), value)
     if isinstance(value, numbers.Real):
-        return float(value)
+        return _to_float(name, value)
     shape = getattr(value, "shape", None)
     if hasattr(value, "dtype") and shape in ((), (1,)) and _is_numpy_dtype(value):
-        kind = np.dtype(value.dtype).kind
-        if kind in ("f", "i", "u"):
-            return float(np.asarray(value).reshape(()))
+        dtype = np.dtype(value.dtype)
+        scalar = np.asarray(value).reshape(())
+        if dtype.kind in ("i", "u"):
+            return _exact_int(name, int(scalar), value)
+        if _is_float_dtype(dtype):
+            return _to_float(name, scalar)
     raise InvalidArgumentError(
-        f"metrics_dict[{key!r}] must be a real number, got {_describe(value)}. "
+        f"{name} must be a real number, got {_describe(value)}. "
         "Pass a Python float or a scalar array (call .mean() on a batch of values first).",
-        name=f"metrics_dict[{key!r}]",
+        name=name,
         value=value,
     )
+
+
+def _exact_int(name: str, number: int, value: Any) -> float:
+    if abs(number) > _EXACT_INT:
+        raise InvalidArgumentError(
+            f"{name} is the integer {_describe(value)}, too large to store exactly: metrics "
+            f"are stored as floats, which hold every integer only up to 2**53 "
+            f"({_EXACT_INT}) in magnitude. Pass a float, e.g. {name}=float(n), if an "
+            "approximation is fine, or a smaller number (a count in thousands, say).",
+            name=name,
+            value=value,
+        )
+    return float(number)
+
+
+def _to_float(name: str, value: Any) -> float:
+    try:
+        return float(value)
+    except OverflowError:  # e.g. a Fraction beyond the float range
+        raise InvalidArgumentError(
+            f"{name} is {_describe(value)}, too large for a float (the largest is about "
+            "1.8e308). Pass a float: the value itself, scaled down, or its logarithm.",
+            name=name,
+            value=value,
+        ) from None
+
+
+def _is_float_dtype(dtype: np.dtype[Any]) -> bool:
+    """NumPy's float dtypes, and those JAX adds through ml_dtypes (bfloat16, float8_*)."""
+    if dtype.kind == "f":
+        return True
+    if dtype.kind != "V":  # ml_dtypes' types are opaque to NumPy; complex is not a float
+        return False
+    try:
+        import ml_dtypes
+    except ImportError:  # pragma: no cover - ml_dtypes comes with JAX
+        return False
+    try:
+        ml_dtypes.finfo(dtype)  # type: ignore[no-untyped-call]
+    except (TypeError, ValueError, KeyError):
+        return False
+    return True
 
 
 def metrics(value: object, *, best_metric: str | None) -> dict[str, float] | None:
