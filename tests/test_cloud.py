@@ -154,7 +154,7 @@ def test_step_without_commit_marker_is_never_restored(store: tuple[str, servers.
         ck.save(2, {"loss": 0.5})
     # a save interrupted before its last write: all data there, but no commit marker
     delete_object(backend, server, url, "2/commit_success.txt")
-    assert "2/arrays/index.process_0.json" in object_keys(backend, server, url)
+    assert "2/state/manifest.ocdbt" in object_keys(backend, server, url)
 
     model2, optimizer2 = make(1)
     with Checkpointer(url, model2, optimizer2) as ck2:
@@ -244,8 +244,8 @@ def test_two_process_job_saves_to_s3_and_one_process_restores(
     assert job.result(0, "same_job_restored") == 3 and job.result(1, "same_job_equal") is True
     keys = object_keys("s3", s3_server, url)
     assert top_level(keys) == {"1", "3", "4"}  # retention ran once; step 4 committed at exit
-    assert {"4/arrays/index.process_0.json", "4/commit_success.txt"} <= set(keys)
-    assert {"4/arrays/index.process_1.json", "4/arrays/data.process_1.0"} <= set(keys)
+    assert {"4/state/ocdbt.process_0/manifest.ocdbt", "4/commit_success.txt"} <= set(keys)
+    assert "4/state/ocdbt.process_1/manifest.ocdbt" in keys
     assert not [key for key in keys if "orbax-checkpoint-tmp" in key]
 
     single = run_job("restore", url, out, processes=1, local_devices=2, env=s3_server.env)
@@ -341,3 +341,26 @@ def test_s3_settings_follow_the_aws_variables() -> None:
         "https://s3.us-west-2.amazonaws.com",
         "AWS (no AWS_ENDPOINT_URL set)",
     )
+
+
+def test_a_local_checkpoint_copied_to_the_bucket_restores_from_it(
+    store: tuple[str, servers.Server], tmp_path: Path
+) -> None:
+    """Format 2 (Roxxel's files, written locally) is read from an object store with ranged
+    reads, e.g. after `gsutil cp -r` or `aws s3 sync` of a run's folder."""
+    import fsspec
+
+    backend, _ = store
+    model, optimizer = make(0)
+    train_steps(model, optimizer, 2)
+    saved = state_arrays(model, optimizer)
+    with Checkpointer(str(tmp_path / "ck"), model, optimizer) as ck:
+        ck.save(2, {"loss": 0.5})
+    url = fresh_url(backend)
+    fs, root = fsspec.core.url_to_fs(url)
+    fs.put(str(tmp_path / "ck" / "2"), f"{root}/2", recursive=True)
+    model2, optimizer2 = make(1)
+    with Checkpointer(url, model2, optimizer2, read_only=True) as ck:
+        assert ck.all_steps() == [2]
+        assert ck.restore() == 2
+    assert_same_state(state_arrays(model2, optimizer2), saved)

@@ -302,3 +302,19 @@ def test_variables_agree_with_nnx_state(tmp_path: Path) -> None:
     assert list(found) == list(expected) or sorted(found) == sorted(expected)
     assert all(found[p] is expected[p] for p in expected)
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def test_closed_checkpointers_leave_no_saver_threads(tmp_path: Path) -> None:
+    import threading
+    import time
+
+    model, optimizer = make()
+    for i in range(4):
+        with Checkpointer(str(tmp_path / f"ck{i}"), model, optimizer) as ck:
+            ck.save(1, {"loss": 1.0})
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(
+        t.name == "roxxel-save" for t in threading.enumerate()
+    ):
+        time.sleep(0.05)
+    assert not [t for t in threading.enumerate() if t.name == "roxxel-save"]

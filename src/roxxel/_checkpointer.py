@@ -321,15 +321,19 @@ class Checkpointer:
                 )
             tree, keys = self._snapshot()
             try:
-                snap = _format.snapshot(
-                    tree,
-                    process=jax.process_index(),
-                    staging=self._staging,
-                    staging_limit=self._staging_limit,
-                    pool=self._staging_pool,
-                )
-                self._pending_bytes = snap.nbytes
-                self._store.save(step, snap, {"keys": keys}, metrics)
+                if self._store.array_format == 1:  # object stores: TensorStore
+                    self._pending_bytes = _diagnose.tree_bytes(tree)
+                    self._store.save_tree(step, tree, {"keys": keys}, metrics)
+                else:
+                    snap = _format.snapshot(
+                        tree,
+                        process=jax.process_index(),
+                        staging=self._staging,
+                        staging_limit=self._staging_limit,
+                        pool=self._staging_pool,
+                    )
+                    self._pending_bytes = snap.nbytes
+                    self._store.save(step, snap, {"keys": keys}, metrics)
             except TimeoutError:
                 self._pending_step = step  # later waits name it, and stay bounded
                 raise

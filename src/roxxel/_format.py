@@ -23,8 +23,9 @@ its address modulo `ALIGN`: the aligned middle is written from the array itself,
 first and last partial blocks go through a small aligned bounce buffer. Small shards are
 copied into one packed, aligned region. Where `O_DIRECT` is refused (EINVAL at open or at the
 first write: some filesystems, FUSE, old tmpfs) the same layout is written with buffered
-writes and `fdatasync`. Object stores (`gs://`, `s3://`) get the same files streamed through
-their fsspec clients (`etils.epath`) and ranged reads.
+writes and `fdatasync`. Steps are written in this format on local (or mounted) folders; on
+object stores Roxxel keeps Orbax's TensorStore path (format 1), which measured faster there
+(`_orbax.Store.save_tree`). A format-2 step copied to a bucket is read with ranged GETs.
 
 Nothing here imports Orbax: `_orbax` wraps `write` in a checkpoint handler so that Orbax's
 CheckpointManager keeps the step folder, the atomic commit and the retention.
@@ -455,7 +456,11 @@ def write(directory: str, snap: Snapshot, *, local: bool) -> Written:
 
     Data files first (in parallel, one thread each), then the index, each made durable.
     """
-    opener: Callable[[str], Any] = _LocalFile if local else _StreamFile
+    if not local:
+        raise ValueError(
+            f"format {FORMAT} is written to local (or mounted) folders only, not {directory}"
+        )
+    opener: Callable[[str], Any] = _LocalFile
     files = snap.files or [[]]
     for shard in snap.packed_shards:  # small shards: CRC from their packed copies
         shard.data = snap.packed[shard.offset : shard.offset + shard.length]
@@ -482,9 +487,8 @@ def write(directory: str, snap: Snapshot, *, local: bool) -> Written:
             direct = direct and used_direct
     index = _index(snap, sizes)
     body = json.dumps(index, separators=(",", ":")).encode()
-    _write_small(os.path.join(directory, index_name(snap.process)), body, local=local)
-    if local:
-        _fsync_dir(directory)
+    _write_small(os.path.join(directory, index_name(snap.process)), body)
+    _fsync_dir(directory)
     return Written(index, direct and bool(jobs))
 
 
@@ -510,12 +514,7 @@ def _index(snap: Snapshot, sizes: Mapping[str, int]) -> dict[str, Any]:
     return {"format": FORMAT, "process": snap.process, "files": dict(sizes), "leaves": leaves}
 
 
-def _write_small(path: str, body: bytes, *, local: bool) -> None:
-    if not local:
-        from etils import epath
-
-        epath.Path(path).write_bytes(body)
-        return
+def _write_small(path: str, body: bytes) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), 0o644)
     try:
         view = memoryview(body)
@@ -532,37 +531,6 @@ def _fsync_dir(directory: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-class _StreamFile:
-    """A data file on an object store: bytes streamed in file order through fsspec."""
-
-    def __init__(self, path: str) -> None:
-        from etils import epath
-
-        self.path = path
-        self._handle = epath.Path(path).open("wb")
-        self._position = 0
-        self.direct = False
-
-    def pwrite(self, data: Any, offset: int) -> None:
-        if offset < self._position:
-            raise AssertionError(f"non-sequential write to {self.path}")
-        if offset > self._position:
-            self._handle.write(bytes(offset - self._position))
-        self._handle.write(memoryview(data).cast("B"))
-        self._position = offset + memoryview(data).nbytes
-
-    def finish(self, size: int) -> None:
-        if size > self._position:
-            self._handle.write(bytes(size - self._position))
-        self._handle.close()
-
-    def abort(self) -> None:
-        try:
-            self._handle.close()
-        except Exception:  # noqa: BLE001  the write error is what the caller reports
-            pass
 
 
 # ------------------------------------------------------------------------------ reading
