@@ -758,7 +758,10 @@ class SafetensorsArm(Arm):
         loaded = load_file(str(self.step_dir(step) / self.FILE))
         targets = live_variables(self.model, self.optimizer)
         # device_put copies out of the loaded buffers (checked), so every byte is read here.
-        arrays = jax.device_put([loaded[path] for path in targets])
+        # safetensors stores a 0-d array as shape (1,): give each leaf its live shape back.
+        arrays = jax.device_put(
+            [loaded[path].reshape(v.get_value().shape) for path, v in targets.items()]
+        )
         jax.block_until_ready(arrays)
         for variable, array in zip(targets.values(), arrays, strict=True):
             variable.set_value(array)

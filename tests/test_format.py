@@ -151,6 +151,9 @@ def test_staging_copy_with_a_limit_copies_only_up_to_the_limit() -> None:
     assert copied.held_views == 0
     viewed = _format.snapshot(tree, process=0, staging="view", staging_limit=None, pool=pool)
     assert viewed.held_views == 4
+    # The default on CPU copies: a view would keep XLA from donating the buffer.
+    auto = _format.snapshot(tree, process=0, staging="auto", staging_limit=None, pool=pool)
+    assert auto.held_views == 0
     # Copies are taken now: what the pool holds is the state of the call.
     for i in range(4):
         data = copied.leaves[f"w{i}"].shards[0].data
@@ -318,3 +321,18 @@ def test_closed_checkpointers_leave_no_saver_threads(tmp_path: Path) -> None:
     ):
         time.sleep(0.05)
     assert not [t for t in threading.enumerate() if t.name == "roxxel-save"]
+
+
+def test_compression_writes_zstd_through_tensorstore_and_restores(tmp_path: Path) -> None:
+    model, optimizer = make()
+    train_steps(model, optimizer, 2)
+    saved = state_arrays(model, optimizer)
+    with Checkpointer(str(tmp_path / "ck"), model, optimizer, compression=True) as ck:
+        ck.save(2, {"loss": 0.5})
+    step = tmp_path / "ck" / "2"
+    assert (step / "state").is_dir() and not (step / "arrays").exists()
+    assert json.loads((step / "roxxel" / "metadata").read_text())["format"] == 1
+    fresh, fresh_opt = make(seed=4)
+    with Checkpointer(str(tmp_path / "ck"), fresh, fresh_opt, read_only=True) as ck:
+        assert ck.restore() == 2
+    assert_same_state(state_arrays(fresh, fresh_opt), saved)

@@ -54,8 +54,9 @@ FORMAT = 2
 ITEM = "arrays"
 """The Orbax item (sub-folder of a step) that holds this format."""
 ALIGN = 4096
-SMALL = 256 << 10
-"""Shards below this many bytes are copied into the packed region (one write for them all)."""
+SMALL = 64 << 10
+"""Shards below this many bytes are copied into the packed region (one write for them all);
+copying more at `save()` time costs more blocking than the bounce blocks it saves."""
 WRITERS = 2
 """Writer threads, and data files, per process: enough to keep a disk busy on 2 cores."""
 READERS = 4
@@ -231,7 +232,8 @@ def snapshot(
 
     With `staging="view"` large shards of JAX arrays are held as zero-copy host views (on
     CPU); with `"copy"` they are copied into `pool`, up to `staging_limit` bytes (the rest
-    stay views). NumPy leaves, which the caller may change in place, are always copied.
+    stay views); `"auto"` is "copy" on CPU and "view" on accelerators. NumPy leaves, which
+    the caller may change in place, are always copied.
     """
     import jax
 
@@ -264,6 +266,8 @@ def snapshot(
     packed = _pack(small)
     # Large shards: copy into the staging pool (up to the limit), or hold views.
     budget = 0
+    if staging == "auto":  # views would hold CPU buffers XLA then cannot donate
+        staging = "view" if _accelerated() else "copy"
     if staging == "copy":
         budget = sum(host.nbytes for _, host, _ in large)
         if staging_limit is not None:
@@ -296,26 +300,20 @@ def snapshot(
 
 def _pack(small: list[tuple[Shard, np.ndarray[Any, Any]]]) -> np.ndarray[Any, np.dtype[np.uint8]]:
     """Copy the small shards into one aligned, zero-padded region (each at a 16-byte boundary,
-    which suits every dtype); one `bytes.join` does the copying in C. The shards get their
-    offsets and lengths here, their data views in the writer thread (`write`)."""
-    parts: list[Any] = []
+    which suits every dtype). The shards get their offsets and lengths here, their data views
+    in the writer thread (`write`)."""
     end = 0
     for shard, view in small:
         shard.offset = end
-        shard.length = n = view.nbytes
-        parts.append(view)
-        end += n
-        pad = -end % 16
-        if pad:
-            parts.append(_ZEROS[:pad])
-            end += pad
+        shard.length = view.nbytes
+        end += -(-view.nbytes // 16) * 16
     packed = aligned_empty(_align_up(end))
-    packed[:end] = np.frombuffer(b"".join(parts), np.uint8)
-    packed[end:] = 0
+    packed.fill(0)
+    for shard, view in small:
+        packed[shard.offset : shard.offset + shard.length] = view
     return packed
 
 
-_ZEROS = bytes(16)
 _EMPTY = np.empty(0, np.uint8)
 
 
