@@ -178,20 +178,7 @@ def _restore_hostile(
 def test_fuzzed_metadata_gives_a_roxxel_error_or_the_right_state(
     pristine: Path, tmp_path: Path, name: str
 ) -> None:
-    original = (pristine / "3" / name).read_bytes()
-
-    @settings(
-        max_examples=EXAMPLES,
-        deadline=None,
-        database=None,
-        derandomize=True,
-        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-    )
-    @given(content=hostile_content(original))
-    def run(content: bytes) -> None:
-        _restore_hostile(pristine, tmp_path / "work", name, content)
-
-    run()
+    _fuzz(pristine, tmp_path, name, EXAMPLES)
 
 
 @pytest.mark.slow
@@ -204,11 +191,17 @@ def test_fuzzed_legacy_metadata_gives_a_roxxel_error_or_the_right_state(
 
     folder = GOLDEN / "roxxel-0.1.0" / "mlp_adam"
     pristine = folder / "checkpoints"
+    _fuzz(pristine, tmp_path, name, LEGACY_EXAMPLES, (mlp_adam, expected(folder)))
+
+
+def _fuzz(
+    pristine: Path, tmp_path: Path, name: str, examples: int, case: tuple[Any, Any] | None = None
+) -> None:
+    """`examples` hostile versions of the file `name` of step 3, each restored from a copy."""
     original = (pristine / "3" / name).read_bytes()
-    case = (mlp_adam, expected(folder))
 
     @settings(
-        max_examples=LEGACY_EXAMPLES,
+        max_examples=examples,
         deadline=None,
         database=None,
         derandomize=True,

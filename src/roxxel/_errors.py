@@ -48,6 +48,19 @@ __all__ = [
 ]
 
 
+PARSE_ERRORS: tuple[type[Exception], ...] = (
+    ValueError,
+    TypeError,
+    KeyError,
+    IndexError,
+    AttributeError,
+    RecursionError,
+    OverflowError,
+    AssertionError,
+)
+"""What a parser raises on malformed content (an OSError is the storage, not the content)."""
+
+
 class RoxxelError(Exception):
     """Base class of every error Roxxel raises."""
 

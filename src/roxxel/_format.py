@@ -47,7 +47,7 @@ from typing import Any
 
 import numpy as np
 
-from ._errors import CorruptCheckpointError
+from ._errors import PARSE_ERRORS, CorruptCheckpointError
 
 FORMAT = 2
 """The format version in every index; 0.1.0's TensorStore steps are format 1."""
@@ -63,6 +63,7 @@ READERS = 4
 _CHUNK = 16 << 20
 _MAX_INDEX_BYTES = 256 << 20
 _STRING = "str"
+_INDEX_ERRORS = (OSError, *PARSE_ERRORS)  # reading, then parsing, one index file
 # A symlink or FIFO planted in a step must never be followed or block a reader.
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
 
@@ -612,15 +613,7 @@ def load_index(directory: str, *, local: bool = True) -> Index:
         try:
             data = json.loads(_read_small(os.path.join(directory, name), local=local))
             part = _parse_part(data)
-        except (
-            OSError,
-            ValueError,
-            TypeError,
-            KeyError,
-            IndexError,
-            AttributeError,
-            RecursionError,
-        ) as exc:
+        except _INDEX_ERRORS as exc:
             raise _corrupt(directory, f"{name}: {type(exc).__name__}: {str(exc)[:300]}") from exc
         for file, size in part[1].items():
             files[file] = size
@@ -775,14 +768,21 @@ class _Reader:
         else:
             data = self._read_local(shard)
         if crc32c(data) != shard.crc:
-            raise CorruptCheckpointError(
-                f"{ITEM}/{shard.file} at offset {shard.offset} ({shard.length} bytes): content "
-                f"differs from the CRC-32C recorded when it was saved in {self.directory}.",
-                step=None,
-                path=os.path.join(self.directory, shard.file),
-                problems=(f"{ITEM}/{shard.file}: shard at offset {shard.offset} damaged",),
+            raise self._damaged(
+                shard,
+                f"at offset {shard.offset} ({shard.length} bytes): content differs from the "
+                "CRC-32C recorded when it was saved",
+                f"shard at offset {shard.offset} damaged",
             )
         return data
+
+    def _damaged(self, shard: SavedShard, what: str, problem: str) -> CorruptCheckpointError:
+        return CorruptCheckpointError(
+            f"{ITEM}/{shard.file} in {self.directory} {what}.",
+            step=None,
+            path=os.path.join(self.directory, shard.file),
+            problems=(f"{ITEM}/{shard.file}: {problem}",),
+        )
 
     def _read_local(self, shard: SavedShard) -> np.ndarray[Any, np.dtype[np.uint8]]:
         fd, direct = self._fd(shard.file)
@@ -809,12 +809,11 @@ class _Reader:
             done += n
         lead = shard.offset - start
         if done < lead + shard.length:
-            raise CorruptCheckpointError(
-                f"{ITEM}/{shard.file} in {self.directory} ends before the shard at offset "
-                f"{shard.offset} ({shard.length} bytes): the file was truncated.",
-                step=None,
-                path=os.path.join(self.directory, shard.file),
-                problems=(f"{ITEM}/{shard.file}: truncated",),
+            raise self._damaged(
+                shard,
+                f"ends before the shard at offset {shard.offset} ({shard.length} bytes): the "
+                "file was truncated",
+                "truncated",
             )
         return buffer[lead : lead + shard.length]
 
@@ -829,12 +828,7 @@ class _Reader:
             f"{self._root}/{shard.file}", start=shard.offset, end=shard.offset + shard.length
         )
         if len(body) != shard.length:
-            raise CorruptCheckpointError(
-                f"{ITEM}/{shard.file} in {self.directory} is shorter than its index says.",
-                step=None,
-                path=os.path.join(self.directory, shard.file),
-                problems=(f"{ITEM}/{shard.file}: truncated",),
-            )
+            raise self._damaged(shard, "is shorter than its index says", "truncated")
         buffer = aligned_empty(shard.length)
         buffer[:] = np.frombuffer(body, np.uint8)
         return buffer

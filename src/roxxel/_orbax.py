@@ -38,7 +38,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from . import _format, _integrity, _paths, _storage
-from ._errors import CorruptCheckpointError, RoxxelError
+from ._errors import PARSE_ERRORS, CorruptCheckpointError, RoxxelError
 from ._retention import Retention, steps_to_keep
 from ._state import STRING, LeafSpec, flatten, nest
 
@@ -70,17 +70,6 @@ _TMP_MARKER = ".orbax-checkpoint-tmp"
 # Retention moves a step here with one rename, then Roxxel empties it: a crash in the middle
 # of a deletion never leaves a half-deleted folder that looks like a committed step.
 TRASH = ".roxxel-deleted"
-# What Orbax's parsers raise on malformed metadata (OSError is the storage, not the content).
-_PARSE_ERRORS = (
-    ValueError,
-    TypeError,
-    KeyError,
-    IndexError,
-    AttributeError,
-    RecursionError,
-    OverflowError,
-    AssertionError,
-)
 
 
 def run_bounded(call: Callable[[], Any], *, timeout: float, name: str) -> threading.Thread | None:
@@ -340,7 +329,7 @@ class Store:
             yield
         except RoxxelError:
             raise
-        except _PARSE_ERRORS as exc:
+        except PARSE_ERRORS as exc:
             where = self.directory if step is None else self.step_dir(step)
             what = "the checkpoint directory" if step is None else f"step {step}"
             problem = f"{type(exc).__name__}: {str(exc)[:500]}"
