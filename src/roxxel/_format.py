@@ -63,7 +63,7 @@ READERS = 4
 _CHUNK = 16 << 20
 _MAX_INDEX_BYTES = 256 << 20
 _STRING = "str"
-_INDEX_ERRORS = (OSError, *PARSE_ERRORS)  # reading, then parsing, one index file
+_INDEX_ERRORS: tuple[type[Exception], ...] = (OSError, *PARSE_ERRORS)  # read, then parse
 # A symlink or FIFO planted in a step must never be followed or block a reader.
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
 
