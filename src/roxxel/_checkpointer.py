@@ -24,6 +24,7 @@ from . import (
     _state,
     _validate,
 )
+from ._compat import PageManager
 from ._errors import (
     BackgroundWriteError,
     CheckpointerClosedError,
@@ -205,8 +206,6 @@ class Checkpointer:
         _lifecycle.install_sigterm_handler()
 
     # ------------------------------------------------------------------------ views
-    from ._compat import PageManager as _PageManager  # the type of `mngr`; imports no Orbax
-
     @property
     def checkpoint_path(self) -> str:
         """The checkpoint directory: the absolute local folder, or the URL as given.
@@ -227,7 +226,7 @@ class Checkpointer:
         return nnx.split((self.model, self.optimizer))[0]
 
     @property
-    def mngr(self) -> _PageManager:
+    def mngr(self) -> PageManager:
         """The Orbax `CheckpointManager` calls of the documentation page's code, answered here.
 
         `wait_until_finished()`, `latest_step()`, `all_steps()`, `best_step()` and `close()`
@@ -235,7 +234,7 @@ class Checkpointer:
         Checkpointer's own methods. Other `CheckpointManager` names raise an `AttributeError`
         that names the Roxxel call to use instead.
         """
-        return self._PageManager(self)
+        return PageManager(self)
 
     def all_steps(self) -> list[int]:
         """Every committed step on disk, ascending."""

@@ -15,7 +15,8 @@ RoxxelError
 ├── StorageUnreachableError (ConnectionError) the object store's endpoint does not answer
 ├── CorruptCheckpointError (ValueError)     a step's files fail their checksums or cannot be parsed
 ├── CheckpointLockedError (RuntimeError)    another process is writing to the directory
-└── ReadOnlyError (PermissionError)         a save on a read-only Checkpointer
+├── ReadOnlyError (PermissionError)         a save on a read-only Checkpointer
+└── UnavailableManagerAPIError (AttributeError)  `checkpointer.mngr`'s refusals (in _compat)
 ```
 
 Each error subclasses the builtin a user would already catch, and each message says what was

@@ -6,6 +6,7 @@ from roxxel.checkpoint import Checkpointer
 """
 
 from ._checkpointer import Checkpointer
+from ._compat import UnavailableManagerAPIError
 from ._errors import (
     BackgroundWriteError,
     CheckpointerClosedError,
@@ -45,6 +46,7 @@ __all__ = [
     "StepNotFoundError",
     "StepOrderError",
     "StorageUnreachableError",
+    "UnavailableManagerAPIError",
     "verify",
 ]
 
