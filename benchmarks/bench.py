@@ -126,6 +126,10 @@ def staging_supported() -> bool:
     return "staging" in checkpointer_options()
 
 
+ROXXEL_OPTIONS: dict[str, Any] = {}
+"""Options of the `roxxel` arm beyond the defaults (`--roxxel-staging`)."""
+
+
 def staging_default() -> Any:
     from roxxel.checkpoint import Checkpointer
 
@@ -924,7 +928,9 @@ def measure_point(
     work = Path(tempfile.mkdtemp(prefix="point-", dir=work_root))
     model, optimizer = state.model, state.optimizer
     arms: dict[str, Arm] = {
-        ROXXEL: RoxxelArm(work / ROXXEL, model, optimizer, sync=False, max_to_keep=2)
+        ROXXEL: RoxxelArm(
+            work / ROXXEL, model, optimizer, sync=False, max_to_keep=2, **ROXXEL_OPTIONS
+        )
     }
     if staging_supported():
         arms[COPY] = RoxxelArm(
@@ -1072,7 +1078,9 @@ def run_main(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     options = checkpointer_options()
     staging = "staging" in options
     skipped: dict[str, str] = {}
-    arms: dict[str, Arm] = {ROXXEL: RoxxelArm(work / ROXXEL, model, optimizer, sync=False)}
+    arms: dict[str, Arm] = {
+        ROXXEL: RoxxelArm(work / ROXXEL, model, optimizer, sync=False, **ROXXEL_OPTIONS)
+    }
     if staging:
         arms[COPY] = RoxxelArm(work / COPY, model, optimizer, sync=False, staging="copy")
     else:
@@ -1390,6 +1398,7 @@ def summarize(
             "b2_arms": b2_arms,
             "checkpointer_options": sorted(checkpointer_options()),
             "staging_default": staging_default(),
+            "roxxel_options": dict(ROXXEL_OPTIONS),
             "step_s": round(t_step, 4),
             "sync_save_s": round(t_sync, 3),
             "background_write_s": round(t_bg, 3),
@@ -1531,7 +1540,9 @@ def gpu_mode(args: argparse.Namespace) -> dict[str, Any]:
         model, optimizer, step_fn, info = build(int(args.gpu_size_gb * GB), seed=3)
         step_fn()
         work = Path(tempfile.mkdtemp(prefix="roxxel-bench-gpu-", dir=args.dir))
-        arms: dict[str, Arm] = {ROXXEL: RoxxelArm(work / ROXXEL, model, optimizer, sync=False)}
+        arms: dict[str, Arm] = {
+            ROXXEL: RoxxelArm(work / ROXXEL, model, optimizer, sync=False, **ROXXEL_OPTIONS)
+        }
         if staging_supported():
             arms[COPY] = RoxxelArm(work / COPY, model, optimizer, sync=False, staging="copy")
         copies: list[float] = []
@@ -1686,7 +1697,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"fdatasync {b['disk_write_buffered_fdatasync_GBps_median']:.2f} GB/s, cold read "
         f"{b['disk_read_GBps_median']:.2f} GB/s. Machine: {m.get('cpus')} CPUs "
         f"({m.get('cpu', '?')}), {m.get('ram_GiB', '?')} GiB RAM, {m.get('disk', '?')}. "
-        f"Checkpointer staging default: {staging['default']!r}"
+        f"Checkpointer staging default: {staging['default']!r}; the roxxel arm's options: "
+        f"{report['config'].get('roxxel_options', {})}"
         + ("" if staging["supported"] else " (no `staging` option: roxxel_copy not run)")
         + ".",
         "",
@@ -2010,6 +2022,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-gpu", action="store_true", help="skip the GPU mode")
     parser.add_argument("--gpu-size-gb", type=float, default=4.0, help="GPU mode state size")
     parser.add_argument("--no-plot", action="store_true")
+    parser.add_argument(
+        "--roxxel-staging",
+        choices=("view", "copy", "auto", "default"),
+        default="view",
+        help="staging of the roxxel arm (default view, so that the run compares it with the "
+        "roxxel_copy arm; the Checkpointer's own default, auto, is copy on a CPU host)",
+    )
     parser.add_argument("--max-k", type=int, default=0, help="cap K10 and K33 (smoke tests)")
     parser.add_argument(
         "--sweep-sizes",
@@ -2037,6 +2056,9 @@ def main(argv: list[str] | None = None) -> int:
         help="repetitions for states under 16 MB (default: max(--reps, 5))",
     )
     args = parser.parse_args(argv)
+    ROXXEL_OPTIONS.clear()
+    if args.roxxel_staging != "default" and "staging" in checkpointer_options():
+        ROXXEL_OPTIONS["staging"] = args.roxxel_staging
     report = run(args)
     out = Path(args.out)
     table = markdown(report)
