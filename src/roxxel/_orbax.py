@@ -238,6 +238,7 @@ class Store:
         self._saving_step: int | None = None
         self._worker = threading.Thread()  # the last `_bounded` call (a finished placeholder)
         self._save_error: BaseException | None = None  # from the background `save` thread
+        self._meta_memo: tuple[tuple[int, int, int, int], dict[str, Any]] | None = None
         self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
         self._idle = threading.Event()  # set while the saver thread has nothing to do
         self._idle.set()
@@ -412,7 +413,15 @@ class Store:
             _storage.install_s3_routing()
 
     def meta(self, step: int) -> dict[str, Any]:
-        """Roxxel's own record of a step (format version, PRNG key implementations)."""
+        """Roxxel's own record of a step (format version, PRNG key implementations).
+
+        A restore asks for it three times (specs, format, read): the last answer is kept for
+        a local step whose file is unchanged (same inode, size and mtime), which saves two
+        reads through Orbax (1.8 ms each here).
+        """
+        key = self._meta_key(step)
+        if key is not None and self._meta_memo is not None and self._meta_memo[0] == key:
+            return dict(self._meta_memo[1])
         with self._parsing(step):
             result = self._manager.restore(
                 step, args=ocp.args.Composite(**{META_ITEM: ocp.args.JsonRestore()})
@@ -420,7 +429,18 @@ class Store:
             meta = result[META_ITEM] or {}
             if not isinstance(meta, Mapping) or not isinstance(meta.get("keys", {}), Mapping):
                 raise TypeError(f"{META_ITEM}/metadata is not a Roxxel record: {meta!r:.200}")
-            return dict(meta)
+        self._meta_memo = None if key is None else (key, dict(meta))
+        return dict(meta)
+
+    def _meta_key(self, step: int) -> tuple[int, int, int, int] | None:
+        """What identifies the content of a local step's metadata file, or None."""
+        if _paths.is_url(self.directory):
+            return None
+        try:
+            info = os.stat(os.path.join(self.step_dir(step), META_ITEM, "metadata"))
+        except OSError:
+            return None
+        return (step, info.st_ino, info.st_size, info.st_mtime_ns)
 
     # ----------------------------------------------------------------------- writing
     def save(
