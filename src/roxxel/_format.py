@@ -197,10 +197,7 @@ def _bytes_view(array: np.ndarray[Any, Any]) -> np.ndarray[Any, np.dtype[np.uint
 
 
 def _host_shards(value: Any) -> Iterator[tuple[tuple[tuple[int, int], ...], Any]]:
-    """(index, host array) of the shards of `value` this process writes (replica 0 only)."""
-    if isinstance(value, np.ndarray):
-        yield tuple((0, n) for n in value.shape), value
-        return
+    """(index, host array) of the shards of a JAX array this process writes (replica 0 only)."""
     shape = tuple(value.shape)
     sharding = getattr(value, "sharding", None)
     if sharding is not None and len(sharding.device_set) == 1:
@@ -398,10 +395,9 @@ def _write_file(
     path: str,
     head: np.ndarray[Any, np.dtype[np.uint8]] | None,
     shards: list[Shard],
-    open_file: Callable[[str], Any],
 ) -> tuple[int, bool]:
     """Write one data file; fill in each shard's CRC. Returns (file size, used O_DIRECT)."""
-    out = open_file(path)
+    out = _LocalFile(path)
     try:
         bounce = aligned_empty(2 * ALIGN)
         end = 0
@@ -450,16 +446,11 @@ class Written:
     direct: bool
 
 
-def write(directory: str, snap: Snapshot, *, local: bool) -> Written:
-    """Write `snap` into `directory` (which exists).
+def write(directory: str, snap: Snapshot) -> Written:
+    """Write `snap` into the local (or mounted) folder `directory`, which exists.
 
     Data files first (in parallel, one thread each), then the index, each made durable.
     """
-    if not local:
-        raise ValueError(
-            f"format {FORMAT} is written to local (or mounted) folders only, not {directory}"
-        )
-    opener: Callable[[str], Any] = _LocalFile
     files = snap.files or [[]]
     for shard in snap.packed_shards:  # small shards: CRC from their packed copies
         shard.data = snap.packed[shard.offset : shard.offset + shard.length]
@@ -475,7 +466,6 @@ def write(directory: str, snap: Snapshot, *, local: bool) -> Written:
                 os.path.join(directory, data_name(snap.process, k)),
                 snap.packed if k == 0 else None,
                 files[k],
-                opener,
             )
             for k in range(len(files))
             if files[k] or (k == 0 and snap.packed.size)

@@ -123,16 +123,13 @@ class _ArrayHandler(ocp.AsyncCheckpointHandler):  # type: ignore[misc]  # no stu
         self.last: _format.Written | None = None
 
     async def async_save(self, directory: Any, args: _ArraysSave) -> list[Any]:
-        local = not _paths.is_url(str(directory))
-
         async def write() -> None:
-            self.last = _format.write(str(directory), args.snapshot, local=local)
+            self.save(directory, args)
 
         return [ocp.future.CommitFutureAwaitingContractedSignals(write(), name="roxxel_write")]
 
     def save(self, directory: Any, args: _ArraysSave) -> None:
-        local = not _paths.is_url(str(directory))
-        self.last = _format.write(str(directory), args.snapshot, local=local)
+        self.last = _format.write(str(directory), args.snapshot)
 
     def restore(self, directory: Any, args: Any = None) -> Any:
         raise NotImplementedError("Roxxel reads its array format through Store.read")
@@ -393,7 +390,6 @@ class Store:
                 for path, leaf in self.index(step).leaves.items()
             }
         with self._parsing(step):
-            self._route_legacy()
             metadata = self._manager.item_metadata(step)
             tree = metadata[STATE_ITEM]
             tree = getattr(tree, "tree", tree)
@@ -406,11 +402,6 @@ class Store:
                     tuple(int(d) for d in leaf.shape), str(np.dtype(leaf.dtype)), keys.get(path)
                 )
             return specs
-
-    def _route_legacy(self) -> None:
-        """0.1.0 steps on `s3://` are read through TensorStore, which needs the routing."""
-        if self.directory.startswith(_storage.S3_PREFIX):
-            _storage.install_s3_routing()
 
     def meta(self, step: int) -> dict[str, Any]:
         """Roxxel's own record of a step (format version, PRNG key implementations).
@@ -450,7 +441,7 @@ class Store:
         meta: Mapping[str, Any],
         metrics: Mapping[str, float] | None,
     ) -> None:
-        """Start saving `snap` as `step` and return at once.
+        """Start saving `snap` as `step` (format 2, `array_format == 2`) and return at once.
 
         Orbax's `CheckpointManager.save()` (folder creation, metadata, starting the commit
         thread: 20-40 ms on a busy 2-core host, more with many leaves) runs on a daemon thread;
@@ -465,12 +456,13 @@ class Store:
         self._saving_step = step
         self._save_error = None
         metrics = dict(metrics or {})
-        if self.array_format == 1:
-            raise AssertionError("object stores are saved with save_tree()")
+
+        def call() -> None:
+            self._manager.save(step, args=args, metrics=metrics, force=True)
 
         def start() -> None:
             try:
-                self._manager.save(step, args=args, metrics=metrics, force=True)
+                call()
             except BaseException as exc:  # noqa: BLE001  raised by the next wait()
                 self._save_error = exc
 
@@ -479,10 +471,7 @@ class Store:
             # process must issue in the same order as the training step's own; from a
             # background thread they interleave differently per process and deadlock (seen
             # with a 2-process job). So here it stays on the caller's thread, bounded.
-            self._bounded(
-                lambda: self._manager.save(step, args=args, metrics=metrics, force=True),
-                f"starting to save step {step}",
-            )
+            self._bounded(call, f"starting to save step {step}")
             return
         self._idle.clear()
         if self._saver is None:
@@ -512,7 +501,6 @@ class Store:
         `save()`, so the call stays on the caller's thread (bounded by `timeout`): a later
         training step may donate the buffers.
         """
-        self._route_legacy()
         args = ocp.args.Composite(
             **{
                 STATE_ITEM: ocp.args.PyTreeSave(nest(tree)),
@@ -698,7 +686,6 @@ class Store:
         item = nest(dict(targets))
         restore_args = ocp.checkpoint_utils.construct_restore_args(item)
         with self._parsing(step):  # array metadata (shapes, shardings) is parsed here too
-            self._route_legacy()
             result = self._manager.restore(
                 step,
                 args=ocp.args.Composite(
