@@ -364,3 +364,21 @@ def test_a_local_checkpoint_copied_to_the_bucket_restores_from_it(
         assert ck.all_steps() == [2]
         assert ck.restore() == 2
     assert_same_state(state_arrays(model2, optimizer2), saved)
+
+
+def test_roxxel_open_reads_the_bucket(store: tuple[str, servers.Server]) -> None:
+    import roxxel
+
+    backend, _ = store
+    url = fresh_url(backend)
+    model, optimizer = make(0)
+    with Checkpointer(url, model, optimizer) as ck:
+        ck.save(1, {"loss": 1.0})
+        train_steps(model, optimizer, 1)
+        ck.save(2, {"loss": 0.5})
+    saved = state_arrays(model, optimizer)
+    ckpt = roxxel.open(url)
+    assert ckpt.steps == [1, 2] and ckpt.latest == 2 and ckpt.best == 2
+    assert ckpt.metrics(1) == {"loss": 1.0}
+    for name, array in saved.items():
+        np.testing.assert_array_equal(ckpt.read(name), array, err_msg=name)

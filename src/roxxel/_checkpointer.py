@@ -15,6 +15,7 @@ from flax import nnx
 
 from . import (
     _diagnose,
+    _directory,
     _format,
     _integrity,
     _lifecycle,
@@ -30,7 +31,6 @@ from ._errors import (
     CheckpointerClosedError,
     CorruptCheckpointError,
     InvalidArgumentError,
-    NoCheckpointError,
     ReadOnlyError,
     RestoreMismatchError,
     StepExistsError,
@@ -237,9 +237,9 @@ class Checkpointer:
         return PageManager(self)
 
     def all_steps(self) -> list[int]:
-        """Every committed step on disk, ascending."""
+        """Every committed step on disk, ascending (steps of migrated layouts included)."""
         self._check_open()
-        return self._store.all_steps()
+        return self._store.listing().steps
 
     def latest_step(self) -> int | None:
         """The newest committed step, or None when there is none."""
@@ -300,7 +300,9 @@ class Checkpointer:
             metrics = _validate.metrics(metrics_dict, best_metric=self._retention.best_metric)
             started = time.perf_counter()
             self._finish_pending()
-            steps = self._store.all_steps()
+            listing = self._store.listing()
+            steps = listing.steps
+            self._refuse_foreign(listing, step)
             if step in steps:
                 if step == self._restored_step and not overwrite:
                     logger.info(
@@ -545,46 +547,38 @@ class Checkpointer:
             )
             return None if planned is None else planned[0].report
 
+    def _refuse_foreign(self, listing: _directory.Listing, step: int) -> None:
+        """Refuse a save whose folder holds something Roxxel did not write: it is never removed."""
+        folder = listing.folder(step)
+        ignored = [i for i in listing.ignored if i.name == str(step)]
+        if folder is not None and folder.layout != "roxxel":
+            what = f"a checkpoint written by Orbax without Roxxel ({folder.name or '.'})"
+        elif ignored:
+            what = f"a folder Roxxel did not write ({ignored[0].reason})"
+        else:
+            return
+        raise StepExistsError(
+            f"cannot save step {step} in {self.directory}: its folder {step}/ holds {what}. "
+            "Roxxel never overwrites or deletes what it did not write. Save a higher step, "
+            "move that folder away, or use another checkpoint_path.",
+            step=step,
+        )
+
     def _choose_step(self, step: int | None, best: bool, exclude: set[int]) -> int | None:
-        steps = self._store.all_steps()
-        if best:
-            if step is not None:
-                raise InvalidArgumentError(
-                    "pass either step= or best=True to restore(), not both.",
-                    name="best",
-                    value=best,
-                )
-            if self._retention.best_metric is None:
-                raise NoCheckpointError(
-                    f"restore(best=True) needs a metric to rank the checkpoints of "
-                    f"{self.directory}, but this Checkpointer was created with "
-                    "best_metric=None. Create it with best_metric=<a name in metrics_dict> "
-                    '(e.g. best_metric="loss"), or restore the newest with restore(), or a '
-                    f"given step with restore(step=N) (steps on disk: {steps})."
-                )
-            chosen = best_step(self._store.checkpoints(), self._retention)
-            if chosen is None:
-                raise NoCheckpointError(
-                    f"restore(best=True): no checkpoint in {self.directory} has a finite "
-                    f"{self._retention.best_metric!r} metric (steps on disk: {steps}). Restore the "
-                    "newest with restore(), or a given one with restore(step=N)."
-                )
-            return chosen
-        if step is None:
-            if steps and exclude and all(s in exclude for s in steps):
-                raise CorruptCheckpointError(
-                    f"every checkpoint in {self.directory} is damaged (steps {sorted(exclude)}); "
-                    f"nothing was restored. Run `roxxel verify {self.directory}` for the full "
-                    "list; start from scratch with a new checkpoint_path if none can be repaired.",
-                    step=max(exclude),
-                    path=self.directory,
-                    problems=(),
-                )
-            steps = [s for s in steps if s not in exclude]
-            return steps[-1] if steps else None
-        step = _validate.step(step)
-        self._require_step(step, steps)
-        return step
+        if best and step is not None:
+            raise InvalidArgumentError(
+                "pass either step= or best=True to restore(), not both.", name="best", value=best
+            )
+        if step is not None:
+            step = _validate.step(step)
+        return _directory.choose_step(
+            self._store.listing(),
+            step=step,
+            best=best,
+            best_metric=self._retention.best_metric,
+            best_step=lambda: best_step(self._store.checkpoints(), self._retention),
+            exclude=exclude,
+        )
 
     def _verified(
         self,
@@ -603,7 +597,7 @@ class Checkpointer:
         candidates = [chosen]
         if may_fall_back and self._on_corrupt == "fallback":
             candidates += sorted(
-                (s for s in self._store.all_steps() if s < chosen and s not in exclude),
+                (s for s in self._store.listing().steps if s < chosen and s not in exclude),
                 reverse=True,
             )
         damaged: list[CorruptCheckpointError] = []
@@ -673,6 +667,14 @@ class Checkpointer:
         chosen = self._verified(chosen, may_fall_back=step is None and not best, exclude=exclude)
         if chosen is None:
             self.last_restore_report = None
+            ignored = self._store.listing().ignored
+            if ignored:
+                logger.warning(
+                    "roxxel: nothing to restore in %s: its step-named folders are not "
+                    "checkpoints Roxxel wrote or can read, and are left alone: %s",
+                    self.directory,
+                    "; ".join(f"{i.name}/: {i.reason}" for i in ignored[:5]),
+                )
             return None
         live = _state.variables(self.model, self.optimizer)
         current = {path: _state.spec_of(variable.get_value()) for path, variable in live.items()}
@@ -683,6 +685,9 @@ class Checkpointer:
         }
         saved = self._store.leaf_specs(chosen)
         planned = _restore.plan(chosen, saved, current, rename=renames, params=params)
+        if self._store.foreign(chosen) is not None:
+            report = dataclasses.replace(planned.report, source=self._store.source(chosen))
+            planned = dataclasses.replace(planned, report=report)
         report = planned.report
         if report.mismatched and on_mismatch == "error":
             raise RestoreMismatchError(

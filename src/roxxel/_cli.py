@@ -185,7 +185,10 @@ def cmd_ls(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
     with _open(args) as checkpoints:
         entries = checkpoints.entries()
-        if not entries:
+        if not any(entry.layout != "ignored" for entry in entries) and not args.json:
+            for entry in entries:
+                err.write(f"ignored {entry.name}/: {entry.note}\n")
+        if not any(entry.layout != "ignored" for entry in entries):
             if args.json:  # scripts still get JSON on stdout; the error goes to stderr
                 json.dump({"directory": checkpoints.directory, "checkpoints": []}, out, indent=2)
                 out.write("\n")
@@ -214,7 +217,9 @@ def cmd_ls(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             {
                 "step": entry.step,
                 "name": entry.name,
-                "state": "committed" if entry.committed else "incomplete",
+                "state": _state_word(entry),
+                "layout": entry.layout,
+                "note": entry.note or None,
                 "metrics": dict(entry.metrics) if entry.metrics is not None else None,
                 "best": entry.best,
                 "latest": entry.latest,
@@ -237,6 +242,8 @@ def cmd_ls(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         out.write("\n")
         return EXIT_OK if any(entry.committed for entry in entries) else EXIT_NO_CHECKPOINT
 
+    width = max(len(_state_word(entry)) for entry in entries)
+
     metric_names = sorted(
         {name for entry in entries for name in (entry.metrics or {})},
         key=lambda name: (name != args.best_metric, name),
@@ -250,7 +257,7 @@ def cmd_ls(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         rows.append(
             [
                 str(entry.step) if entry.step >= 0 else "?",
-                "committed" if entry.committed else "incomplete",
+                _state_word(entry).ljust(width),
                 marks or "-",
                 *[_format_metric(metrics.get(name)) for name in metric_names],
                 _size(entry.size_bytes),
@@ -263,13 +270,22 @@ def cmd_ls(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     for line in _table(rows, right):
         out.write(line + "\n")
     committed = [e for e in entries if e.committed]
+    ignored = [e for e in entries if e.layout == "ignored"]
+    pending = [e for e in entries if not e.committed and e.layout != "ignored"]
+    migrated = [e for e in committed if e.layout != "roxxel"]
     total = sum(e.size_bytes or 0 for e in entries)
     summary = f"{len(committed)} committed"
-    if len(committed) != len(entries):
-        summary += f", {len(entries) - len(committed)} incomplete (a save that never finished)"
+    if migrated:
+        summary += f" ({len(migrated)} written by Orbax without Roxxel, restorable)"
+    if pending:
+        summary += f", {len(pending)} incomplete (a save that never finished)"
+    if ignored:
+        summary += f", {len(ignored)} ignored (not Roxxel's: never counted, restored or deleted)"
     if args.best_metric:
         summary += f"; best by {args.best_metric} ({args.best_mode})"
     out.write(f"{summary}; {_size(total)} in all\n")
+    for entry in ignored:
+        out.write(f"ignored {entry.name}/: {entry.note}\n")
     if not committed:
         return _fail(
             err,
@@ -278,6 +294,14 @@ def cmd_ls(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             EXIT_NO_CHECKPOINT,
         )
     return EXIT_OK
+
+
+def _state_word(entry: Any) -> str:
+    if entry.layout == "ignored":
+        return "ignored"
+    if not entry.committed:
+        return "incomplete"
+    return "committed" if entry.layout == "roxxel" else f"committed ({entry.layout})"
 
 
 # ---------------------------------------------------------------------------- show

@@ -47,11 +47,12 @@ from typing import Any
 
 import numpy as np
 
+from . import _layout
 from ._errors import PARSE_ERRORS, CorruptCheckpointError
 
 FORMAT = 2
 """The format version in every index; 0.1.0's TensorStore steps are format 1."""
-ITEM = "arrays"
+ITEM = _layout.ARRAYS_ITEM
 """The Orbax item (sub-folder of a step) that holds this format."""
 ALIGN = 4096
 SMALL = 64 << 10

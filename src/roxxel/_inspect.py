@@ -1,9 +1,10 @@
-"""Reading a checkpoint directory without a model: what the `roxxel` command shows.
+"""Reading a checkpoint directory without a model: `roxxel.open` and the `roxxel` command.
 
-`CheckpointDir` opens a directory read-only and answers the questions a person asks of it:
-which steps are committed and which saves never finished (`<step>.orbax-checkpoint-tmp*`
-folders), their metrics, sizes and commit times, the best step, the saved leaves of a step
-(path, shape, dtype, bytes, from metadata only), and the arrays themselves for export.
+`CheckpointDir` (what `roxxel.open(path)` returns) opens a directory read-only and answers the
+questions a person asks of it: which steps are committed (by `_directory.scan`, the one
+reading the Checkpointer and `verify` share), which saves never finished, which folders are
+not Roxxel's, their metrics, sizes and commit times, the best step, the saved leaves of a step
+(path, shape, dtype, bytes, from metadata only), and the arrays themselves as NumPy.
 
 Nothing here writes to the directory. JAX and Orbax are imported only when a directory is
 opened, so that `roxxel verify` (which needs neither) starts fast.
@@ -12,25 +13,22 @@ opened, so that `roxxel verify` (which needs neither) starts fast.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import math
 import os
-import re
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from . import _paths
-from ._errors import CheckpointPathError, NoCheckpointError, StepNotFoundError
+from . import _directory, _layout, _paths, _validate
+from ._errors import CheckpointPathError, NoCheckpointError
 from ._retention import Retention, best_step
 
 if TYPE_CHECKING:
     from ._state import LeafSpec
-
-_TMP_MARKER = ".orbax-checkpoint-tmp"
-_LEADING_STEP = re.compile(r"^(\d+)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +44,9 @@ class StepEntry:
         committed_at: commit time, seconds since the epoch (None when unknown).
         best: True for the best step by the chosen metric.
         latest: True for the newest committed step.
+        layout: "roxxel", "orbax" (written by Orbax alone: read for migration), or "ignored"
+            (a folder named like a step that is not a checkpoint; `note` says why).
+        note: why an ignored folder is ignored.
     """
 
     step: int
@@ -56,6 +57,8 @@ class StepEntry:
     committed_at: float | None
     best: bool = False
     latest: bool = False
+    layout: str = "roxxel"
+    note: str = ""
 
 
 def leaf_bytes(spec: LeafSpec) -> int:
@@ -67,25 +70,7 @@ def leaf_bytes(spec: LeafSpec) -> int:
 
 def no_checkpoint_error(directory: str) -> NoCheckpointError:
     """The error for a directory without a committed step, saying what the folder holds."""
-    detail = "it is empty"
-    if not _paths.is_url(directory):
-        names = sorted(n for n in os.listdir(directory) if not n.startswith("."))
-        pending = [name for name in names if _TMP_MARKER in name]
-        if pending:
-            detail = (
-                f"it holds only saves that never finished: {pending} (the training "
-                "process stopped before committing them)"
-            )
-        elif os.path.exists(os.path.join(directory, "_CHECKPOINT_METADATA")):
-            parent = os.path.dirname(directory)
-            detail = f"it looks like one step's folder; pass its parent {parent!r}"
-        elif names:
-            shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
-            detail = f"it holds no step folders, only: {shown}"
-    return NoCheckpointError(
-        f"no committed checkpoint in {directory}: {detail}. Pass the folder given to "
-        "Checkpointer(checkpoint_path=...)."
-    )
+    return _directory.no_checkpoint_error(_directory.scan(directory))
 
 
 def _folder_size(path: str) -> int:
@@ -102,7 +87,7 @@ def _folder_size(path: str) -> int:
 def _commit_time(path: str) -> float | None:
     """The commit time Orbax records in `_CHECKPOINT_METADATA`, else the folder's mtime."""
     try:
-        with open(os.path.join(path, "_CHECKPOINT_METADATA")) as f:
+        with open(os.path.join(path, _layout.CHECKPOINT_METADATA)) as f:
             nanos = json.load(f).get("commit_timestamp_nsecs")
         if isinstance(nanos, int) and nanos > 0:
             return nanos / 1e9
@@ -160,109 +145,174 @@ class CheckpointDir:
         self.close()
 
     # ------------------------------------------------------------------ listing
+    def listing(self) -> _directory.Listing:
+        """What the directory holds now."""
+        return self._store.listing()
+
+    @property
     def steps(self) -> list[int]:
-        """Committed steps, ascending."""
-        return self._store.all_steps()
+        """Committed steps, ascending (steps of layouts Roxxel migrates from included)."""
+        return self.listing().steps
 
-    def incomplete(self) -> list[tuple[int | None, str]]:
-        """`(step, folder name)` of saves that never committed (local folders only)."""
-        if not self.is_local:
-            return []
-        found: list[tuple[int | None, str]] = []
-        for entry in os.scandir(self.directory):
-            if _TMP_MARKER in entry.name and entry.is_dir(follow_symlinks=False):
-                match = _LEADING_STEP.match(entry.name)
-                found.append((int(match.group(1)) if match else None, entry.name))
-        return sorted(found, key=lambda item: (item[0] is None, item[0] or 0, item[1]))
+    @property
+    def latest(self) -> int | None:
+        """The newest committed step, or None."""
+        steps = self.steps
+        return steps[-1] if steps else None
 
-    def best_step(self) -> int | None:
-        """The committed step with the best finite metric, or None."""
+    @property
+    def best(self) -> int | None:
+        """The committed step with the best finite `best_metric`, or None."""
         return best_step(self._store.checkpoints(), self.retention)
 
+    def incomplete(self) -> list[tuple[int | None, str]]:
+        """`(step, folder name)` of saves that never committed."""
+        return list(self.listing().pending)
+
     def entries(self) -> list[StepEntry]:
-        """Every committed step and every incomplete save, by step."""
+        """Every committed step, every incomplete save and every ignored folder, by step."""
+        listing = self.listing()
         checkpoints = self._store.checkpoints()
         best = best_step(checkpoints, self.retention)
         latest = checkpoints[-1][0] if checkpoints else None
         result = []
         for step, metrics in checkpoints:
-            path = os.path.join(self.directory, str(step))
+            folder = listing.folder(step)
+            name = str(step) if folder is None else (folder.name or ".")
+            path = listing.path(step)
             result.append(
                 StepEntry(
                     step=step,
                     committed=True,
-                    name=str(step),
+                    name=name,
                     metrics=metrics,
                     size_bytes=_folder_size(path) if self.is_local else None,
                     committed_at=_commit_time(path) if self.is_local else None,
                     best=step == best,
                     latest=step == latest,
+                    layout="roxxel" if folder is None else folder.layout,
                 )
             )
-        for step_or_none, name in self.incomplete():
-            path = os.path.join(self.directory, name)
+        for step_or_none, name in listing.pending:
+            path = _directory.join(self.directory, name)
             result.append(
                 StepEntry(
                     step=-1 if step_or_none is None else step_or_none,
                     committed=False,
                     name=name,
                     metrics=None,
-                    size_bytes=_folder_size(path),
+                    size_bytes=_folder_size(path) if self.is_local else None,
                     committed_at=None,
                 )
             )
-        return sorted(result, key=lambda e: (e.step, not e.committed))
+        for ignored in listing.ignored:
+            result.append(
+                StepEntry(
+                    step=int(ignored.name) if ignored.name.isdigit() else -1,
+                    committed=False,
+                    name=ignored.name,
+                    metrics=None,
+                    size_bytes=None,
+                    committed_at=None,
+                    layout="ignored",
+                    note=ignored.reason,
+                )
+            )
+        return sorted(result, key=lambda e: (e.step, not e.committed, e.name))
 
     def require_checkpoints(self) -> list[int]:
         """The committed steps; raises NoCheckpointError when there is none."""
-        steps = self.steps()
-        if not steps:
-            raise no_checkpoint_error(self.directory)
-        return steps
+        listing = self.listing()
+        if not listing.steps:
+            raise _directory.no_checkpoint_error(listing)
+        return listing.steps
 
     def choose_step(self, step: int | None, *, best: bool = False) -> int:
         """Resolve `--step N` / `--best` / neither (the newest) to a committed step."""
-        steps = self.require_checkpoints()
-        if best:
-            if self.retention.best_metric is None:
-                raise NoCheckpointError(
-                    f"--best needs a metric to rank the checkpoints of {self.directory}, and "
-                    f"none was named (steps: {steps}). Name it with --best-metric NAME (e.g. "
-                    "--best-metric loss), or pick a step with --step N."
-                )
-            chosen = self.best_step()
-            if chosen is None:
-                raise NoCheckpointError(
-                    f"no checkpoint in {self.directory} has a finite "
-                    f"{self.retention.best_metric!r} metric (steps: {steps}). Pick a step "
-                    "with --step N, or name the metric that ranks them with --best-metric."
-                )
-            return chosen
-        if step is None:
-            return steps[-1]
-        if step not in steps:
-            pending = [name for s, name in self.incomplete() if s == step]
-            extra = (
-                f" Step {step} was being saved but never committed ({pending[0]})."
-                if pending
-                else ""
-            )
-            raise StepNotFoundError(
-                f"step {step} is not a committed checkpoint in {self.directory}; the steps "
-                f"there are {steps}.{extra}",
-                step=step,
-                available=steps,
-            )
-        return step
+        listing = self.listing()
+        chosen = _directory.choose_step(
+            listing,
+            step=step,
+            best=best,
+            best_metric=self.retention.best_metric,
+            best_step=lambda: self.best,
+            wording=_directory.CLI_WORDING,
+        )
+        if chosen is None:
+            raise _directory.no_checkpoint_error(listing)
+        return chosen
+
+    def _step(self, step: int | None) -> int:
+        """`step` checked against the committed steps (None: the newest)."""
+        if step is not None:
+            step = _validate.step(step)
+        listing = self.listing()
+        chosen = _directory.choose_step(
+            listing,
+            step=step,
+            best=False,
+            best_metric=self.retention.best_metric,
+            best_step=lambda: self.best,
+            wording=_directory.Wording(step="step=N", newest="step=None"),
+        )
+        if chosen is None:
+            raise _directory.no_checkpoint_error(listing)
+        return chosen
 
     # ------------------------------------------------------------------ leaves
-    def metrics(self, step: int) -> dict[str, float] | None:
-        return self._store.metrics(step)
+    def metrics(self, step: int | None = None) -> dict[str, float]:
+        """The metrics saved with `step` (default: the newest); `{}` when it has none."""
+        return dict(self._store.metrics(self._step(step)) or {})
 
     def leaf_specs(self, step: int) -> dict[str, LeafSpec]:
         """Path -> shape/dtype of every saved leaf of `step`, sorted by path."""
         specs = self._store.leaf_specs(step)
         return {path: specs[path] for path in sorted(specs)}
+
+    def specs(self, step: int | None = None) -> dict[str, tuple[tuple[int, ...], str]]:
+        """`{leaf name: (shape, dtype name)}` of `step` (default: the newest), from metadata.
+
+        Names are Roxxel's: `model/<path>` and `optimizer/<path>`, as in a restore report.
+        String leaves have the dtype "str".
+        """
+        from ._state import STRING
+
+        return {
+            path: (spec.shape, "str" if spec.dtype == STRING else spec.dtype)
+            for path, spec in self.leaf_specs(self._step(step)).items()
+        }
+
+    def read(self, name: str, step: int | None = None) -> np.ndarray[Any, Any]:
+        """One saved leaf of `step` (default: the newest) as a NumPy array.
+
+        Only that leaf's bytes are read. A string leaf comes back as a 0-d array of `str`.
+
+        Raises:
+            KeyError: no leaf of that name (the message lists the names that are close).
+        """
+        chosen = self._step(step)
+        specs = self._store.leaf_specs(chosen)
+        if name not in specs:
+            close = difflib.get_close_matches(name, list(specs), n=3, cutoff=0.5)
+            hint = f" Did you mean {close}?" if close else ""
+            raise KeyError(
+                f"step {chosen} in {self.directory} has no leaf {name!r}.{hint} "
+                f"specs(step={chosen}) lists its {len(specs)} leaves."
+            )
+        return next(iter(self.read_chunks(chosen, [name])))[name]
+
+    def to_dict(self, step: int | None = None) -> dict[str, Any]:
+        """Every saved leaf of `step` (default: the newest), as a nested dict of NumPy arrays.
+
+        `to_dict()["model"]["linear"]["kernel"]` is the leaf `model/linear/kernel`.
+        """
+        from ._state import nest
+
+        chosen = self._step(step)
+        flat: dict[str, Any] = {}
+        for chunk in self.read_chunks(chosen, self.leaf_specs(chosen)):
+            flat.update(chunk)
+        return nest(flat)
 
     def read_chunks(
         self, step: int, paths: Iterable[str], *, chunk_bytes: int = 64 << 20
@@ -274,6 +324,8 @@ class CheckpointDir:
         """
         import jax
 
+        from ._state import STRING
+
         specs = self._store.leaf_specs(step)
         sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
         chunk: list[str] = []
@@ -281,11 +333,13 @@ class CheckpointDir:
         wanted = [path for path in paths if path in specs]
         for index, path in enumerate(wanted):
             chunk.append(path)
-            size += leaf_bytes(specs[path])
+            size += 0 if specs[path].dtype == STRING else leaf_bytes(specs[path])
             if size < chunk_bytes and index + 1 < len(wanted):
                 continue
             targets = {
-                p: jax.ShapeDtypeStruct(  # type: ignore[no-untyped-call]
+                p: ""
+                if specs[p].dtype == STRING
+                else jax.ShapeDtypeStruct(  # type: ignore[no-untyped-call]
                     specs[p].shape, jax.numpy.dtype(specs[p].dtype), sharding=sharding
                 )
                 for p in chunk
@@ -293,6 +347,36 @@ class CheckpointDir:
             arrays = self._store.read(step, targets)
             yield {p: np.asarray(arrays[p]) for p in chunk}
             chunk, size = [], 0
+
+
+def open_checkpoints(
+    path: str | os.PathLike[str],
+    *,
+    best_metric: str | None = "loss",
+    best_mode: Literal["min", "max"] = "min",
+) -> CheckpointDir:
+    """Open a checkpoint directory read-only, without the model's code.
+
+    Works on any directory a Checkpointer wrote (local, `gs://` or `s3://`), and on those of
+    the layouts Roxxel migrates from (Orbax's CheckpointManager with one PyTree item, or one
+    `StandardCheckpointer` folder), in a process with any number of devices.
+
+    Args:
+        path: the folder (or URL) given to `Checkpointer(checkpoint_path=...)`.
+        best_metric: the metric that ranks steps for `.best` (None: no best step).
+        best_mode: "min" if a lower `best_metric` is better, "max" if a higher one is.
+
+    Example:
+        ```python norun
+        ckpt = roxxel.open("runs/exp1")
+        ckpt.steps, ckpt.latest, ckpt.best      # [700, 800, 900], 900, 700
+        kernel = ckpt.read("model/linear/kernel")
+        ```
+
+    Raises:
+        CheckpointPathError: the folder does not exist or is not a folder.
+    """
+    return CheckpointDir(os.fspath(path), best_metric=best_metric, best_mode=best_mode)
 
 
 def age(seconds_since_epoch: float | None, *, now: float | None = None) -> str:

@@ -399,15 +399,6 @@ def recorded_bytes(step_dir: str) -> int:
     return sum(size for size, _ in loaded[1].values()) + sum(loaded[2].values())
 
 
-def committed_steps(directory: str) -> list[int]:
-    """Committed steps of a local checkpoint directory: folders named by a plain integer."""
-    steps = []
-    for entry in os.scandir(directory):
-        if entry.name.isascii() and entry.name.isdigit() and entry.is_dir(follow_symlinks=False):
-            steps.append(int(entry.name))
-    return sorted(steps)
-
-
 def verify(
     checkpoint_path: str,
     *,
@@ -435,7 +426,7 @@ def verify(
         CheckpointPathError: the path is a URL, or not an existing directory.
         StepNotFoundError: `step` is not a committed step there.
     """
-    from . import _paths, _validate
+    from . import _directory, _paths, _validate
 
     directory = _paths.resolve(checkpoint_path, create=False)
     if _paths.is_url(directory):
@@ -450,7 +441,8 @@ def verify(
             "Checkpointer(checkpoint_path=...).",
             path=directory,
         )
-    steps = committed_steps(directory)
+    listing = _directory.scan(directory)
+    steps = listing.steps
     if step is not None:
         step = _validate.step(step)
         if step not in steps:
@@ -461,7 +453,7 @@ def verify(
                 available=steps,
             )
         steps = [step]
-    total = sum(recorded_bytes(os.path.join(directory, str(s))) for s in steps)
+    total = sum(recorded_bytes(listing.path(s)) for s in steps)
     done = 0
 
     def advance(n: int) -> None:
@@ -472,4 +464,4 @@ def verify(
 
     if progress is not None:
         progress(0, total)
-    return [check(os.path.join(directory, str(s)), s, on_bytes=advance) for s in steps]
+    return [check(listing.path(s), s, on_bytes=advance) for s in steps]

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 import math
 import os
@@ -37,7 +38,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from . import _format, _integrity, _paths, _storage
+from . import _directory, _format, _integrity, _layout, _migrate, _paths, _storage
 from ._errors import PARSE_ERRORS, CorruptCheckpointError, RoxxelError
 from ._retention import Retention, steps_to_keep
 from ._state import STRING, LeafSpec, flatten, nest
@@ -46,12 +47,15 @@ logger = logging.getLogger("roxxel")
 
 
 class _DropReadOnlyNotices(logging.Filter):
-    """Orbax's two absl warnings on every read-only open: `read_only=True` is the caller's
-    choice, not news."""
+    """Orbax's absl warnings that are not news: two on every read-only open (`read_only=True`
+    is the caller's choice), and one on every read of a PyTree item folder of a migrated step
+    (such a folder never has step metadata of its own)."""
 
     _PREFIXES = (
         "CheckpointManagerOptions.read_only=True, setting save_interval_steps=0",
         "Given directory is read only=",
+        "Metadata file does not exist:",
+        "Failed to get item metadata from directory",
     )
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -60,16 +64,16 @@ class _DropReadOnlyNotices(logging.Filter):
 
 logging.getLogger("absl").addFilter(_DropReadOnlyNotices())
 
-STATE_ITEM = "state"
+STATE_ITEM = _layout.STATE_ITEM
 """The item of Roxxel 0.1.0 (format 1): a PyTree written by Orbax through TensorStore."""
-ARRAYS_ITEM = _format.ITEM
+ARRAYS_ITEM = _layout.ARRAYS_ITEM
 """The item of format 2: Roxxel's own flat files and index (`_format`)."""
-META_ITEM = "roxxel"
+META_ITEM = _layout.META_ITEM
 FORMAT_VERSION = _format.FORMAT
-_TMP_MARKER = ".orbax-checkpoint-tmp"
+_TMP_MARKER = _layout.TMP_MARKER
 # Retention moves a step here with one rename, then Roxxel empties it: a crash in the middle
 # of a deletion never leaves a half-deleted folder that looks like a committed step.
-TRASH = ".roxxel-deleted"
+TRASH = _layout.TRASH
 
 
 def run_bounded(call: Callable[[], Any], *, timeout: float, name: str) -> threading.Thread | None:
@@ -169,6 +173,41 @@ def _ranking_value(retention: Retention) -> Any:
     return best_fn
 
 
+class _RoxxelSteps(ocp.step.NameFormat):  # type: ignore[misc]  # no stubs
+    """Orbax's standard step names, listing only the steps Roxxel wrote (`_directory`).
+
+    Orbax counts every folder named by a number as a step. With this name format the manager
+    never sees a folder Roxxel did not write (a Hydra job folder `0/`, plots in `7/`, a step of
+    the page's sketch): it does not fail on their metadata, and retention never deletes them.
+    Steps of the layouts Roxxel migrates from are read beside the manager (`Store.read`).
+    """
+
+    def __init__(self, directory: str, atomicity: Any) -> None:
+        self._directory = directory
+        self._standard = ocp.step.standard_name_format(atomicity_options=atomicity)
+
+    def build_name(self, step: int) -> str:
+        return str(self._standard.build_name(step))
+
+    def _ours(self, name: str) -> bool:
+        found = _directory.classify(self._directory, name)
+        return isinstance(found, _layout.StepFolder) and found.layout == "roxxel"
+
+    def find_all(self, base_path: Any) -> Iterator[Any]:
+        for metadata in self._standard.find_all(base_path):
+            if self._ours(metadata.path.name):
+                yield metadata
+
+    def find_step(self, base_path: Any, step: int) -> Any:
+        metadata = self._standard.find_step(base_path, step)
+        if not self._ours(metadata.path.name):
+            raise ValueError(f"step folder {metadata.path} was not written by Roxxel")
+        return metadata
+
+    def __str__(self) -> str:
+        return f"RoxxelSteps({self._standard})"
+
+
 class _Manager(ocp.CheckpointManager):  # type: ignore[misc]  # Orbax ships no stubs
     """Orbax's manager, reading each step's metrics file defensively.
 
@@ -236,6 +275,7 @@ class Store:
         self._worker = threading.Thread()  # the last `_bounded` call (a finished placeholder)
         self._save_error: BaseException | None = None  # from the background `save` thread
         self._meta_memo: tuple[tuple[int, int, int, int], dict[str, Any]] | None = None
+        self._foreign: dict[int, _layout.StepFolder] = {}
         self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
         self._idle = threading.Event()  # set while the saver thread has nothing to do
         self._idle.set()
@@ -250,6 +290,11 @@ class Store:
             self._manager = self._open()
 
     def _open(self) -> ocp.CheckpointManager:
+        atomicity = (
+            ocp.options.AtomicityOptions(mode=ocp.options.AtomicityMode.COMMIT_FILE)
+            if _storage.is_object_store(self.directory)
+            else None
+        )
         options = ocp.CheckpointManagerOptions(
             preservation_policy=_RetentionPolicy(self.retention),
             best_fn=_ranking_value(self.retention),
@@ -265,11 +310,8 @@ class Store:
             ),
             todelete_subdir=TRASH if self.verifies_checksums and not self.read_only else None,
             # Object stores cannot rename a folder: commit with commit_success.txt instead.
-            atomicity_options=(
-                ocp.options.AtomicityOptions(mode=ocp.options.AtomicityMode.COMMIT_FILE)
-                if _storage.is_object_store(self.directory)
-                else None
-            ),
+            atomicity_options=atomicity,
+            step_name_format=_RoxxelSteps(self.directory, atomicity),
         )
         manager = _Manager(
             self.directory,
@@ -285,36 +327,29 @@ class Store:
         return manager
 
     # ----------------------------------------------------------------- what is on disk
-    def all_steps(self) -> list[int]:
-        """Committed steps, ascending, as they are on disk now.
+    def listing(self) -> _directory.Listing:
+        """What the directory holds now (`_directory.scan`), with the manager kept in step.
 
-        A local step folder that is a symlink is not Roxxel's (it never makes one) and is left
-        out: it could point anywhere, e.g. at `/etc`.
+        The manager lists Roxxel's steps only (`_RoxxelSteps`); it re-reads the directory only
+        when the Roxxel steps on disk differ from the ones it knows: Orbax's `reload()`
+        re-reads every step's metadata on helper threads (10-30 ms on a busy 2-core host, a
+        third of what `save()` blocks; benchmarks/README.md, B1).
         """
+        listing = _directory.scan(self.directory)
+        self._foreign = {f.step: f for f in listing.folders if f.layout != "roxxel"}
+        ours = {f.step for f in listing.folders if f.layout == "roxxel"}
         with self._parsing(None):
-            if not self._manager_matches_disk():
+            if _paths.is_url(self.directory) or ours != set(self._manager.all_steps()):
                 self._manager.reload()
-            steps = sorted(int(s) for s in self._manager.all_steps())
-        if self.verifies_checksums:
-            steps = [s for s in steps if not os.path.islink(self.step_dir(s))]
-        return steps
+        return listing
 
-    def _manager_matches_disk(self) -> bool:
-        """True when a local directory holds exactly the step folders the manager knows.
+    def all_steps(self) -> list[int]:
+        """Committed steps Roxxel wrote, ascending, as they are on disk now."""
+        return [f.step for f in self.listing().folders if f.layout == "roxxel"]
 
-        Orbax's `reload()` re-reads every step's metadata on helper threads: 10-30 ms on a
-        busy 2-core host, a third of what `save()` blocks (benchmarks/README.md, B1). A
-        directory listing costs well under 1 ms, so the reload runs only when the listing
-        differs (another process or the CLI changed the folder, or a step is in flight).
-        """
-        if _paths.is_url(self.directory):
-            return False
-        try:
-            names = [e.name for e in os.scandir(self.directory) if e.is_dir()]
-        except OSError:
-            return False
-        on_disk = {int(n) for n in names if n.isdigit() and n == str(int(n))}
-        return on_disk == {int(s) for s in self._manager.all_steps()}
+    def foreign(self, step: int) -> _layout.StepFolder | None:
+        """The folder of `step` when it was written by Orbax alone (as of the last listing)."""
+        return self._foreign.get(step)
 
     @contextlib.contextmanager
     def _parsing(self, step: int | None) -> Iterator[None]:
@@ -331,6 +366,18 @@ class Store:
             where = self.directory if step is None else self.step_dir(step)
             what = "the checkpoint directory" if step is None else f"step {step}"
             problem = f"{type(exc).__name__}: {str(exc)[:500]}"
+            folder = None if step is None else self.foreign(step)
+            if folder is not None:
+                item = "/".join(p for p in (folder.name, folder.item) if p) or "."
+                raise CorruptCheckpointError(
+                    f"step {step} in {self.directory} was written by Orbax without Roxxel (its "
+                    f"PyTree is {item}), and that PyTree cannot be read: it is damaged or "
+                    f"incomplete ({problem}). Nothing was restored. To fix: restore another "
+                    "step with restore(step=N), or check the folder with Orbax itself.",
+                    step=step,
+                    path=where,
+                    problems=(problem,),
+                ) from exc
             raise CorruptCheckpointError(
                 f"{what} in {self.directory} cannot be read: its metadata is malformed or was "
                 f"not written by Roxxel ({problem}). Nothing was restored. To fix: 1) restore "
@@ -343,6 +390,9 @@ class Store:
 
     def metrics(self, step: int) -> dict[str, float] | None:
         """The metrics saved with `step`, or None if it has none."""
+        folder = self.foreign(step)
+        if folder is not None:
+            return _foreign_metrics(self.directory, folder)
         try:
             value = self._manager.metrics(step)
         except (FileNotFoundError, ValueError, OSError):
@@ -352,11 +402,14 @@ class Store:
         return {str(k): float(v) for k, v in dict(value).items()}
 
     def checkpoints(self) -> list[tuple[int, dict[str, float] | None]]:
-        """`(step, metrics)` for every committed step, ascending."""
-        return [(step, self.metrics(step)) for step in self.all_steps()]
+        """`(step, metrics)` for every committed step (migrated layouts too), ascending."""
+        return [(step, self.metrics(step)) for step in self.listing().steps]
 
     def format_of(self, step: int) -> int:
-        """The format version of a committed step: 2 (Roxxel's files) or 1 (0.1.0, TensorStore)."""
+        """The format of a committed step: 2 (Roxxel's files), 1 (0.1.0, TensorStore) or 0
+        (a PyTree written by Orbax alone, read for migration)."""
+        if self.foreign(step) is not None:
+            return 0
         version = self.meta(step).get("format", 1)
         return version if isinstance(version, int) and not isinstance(version, bool) else 1
 
@@ -380,6 +433,11 @@ class Store:
 
     def leaf_specs(self, step: int) -> dict[str, LeafSpec]:
         """Shape and dtype of every saved leaf of `step`, read from metadata (no array data)."""
+        folder = self.foreign(step)
+        if folder is not None:
+            with self._parsing(step):
+                saved = _tree_specs(self._foreign_item(folder))
+            return {name: saved[path] for name, path in _migrate.roxxel_names(saved).items()}
         meta = self.meta(step)
         keys: Mapping[str, str] = meta.get("keys", {}) if meta else {}
         if self.format_of(step) >= 2:
@@ -543,8 +601,22 @@ class Store:
             )
 
     def step_dir(self, step: int) -> str:
-        """The folder of a committed step (local directories)."""
-        return os.path.join(self.directory, str(step))
+        """The folder of a committed step."""
+        folder = self.foreign(step)
+        return _directory.join(self.directory, str(step) if folder is None else folder.name)
+
+    def source(self, step: int) -> str:
+        """Who wrote `step`: "roxxel", or the Orbax layout read for migration, in words."""
+        folder = self.foreign(step)
+        if folder is None:
+            return "roxxel"
+        with self._parsing(step):
+            saved = _tree_specs(self._foreign_item(folder))
+        where = "/".join(part for part in (folder.name, folder.item) if part) or "."
+        return f"orbax: {_migrate.describe(saved)} in {where}"
+
+    def _foreign_item(self, folder: _layout.StepFolder) -> str:
+        return _directory.join(self.directory, folder.name, folder.item)
 
     def _record_checksums(self) -> None:
         """Orbax's hook on its commit thread, after every file is written, before the rename."""
@@ -661,6 +733,13 @@ class Store:
         """
         if not targets:
             return {}
+        folder = self.foreign(step)
+        if folder is not None:
+            item_dir = self._foreign_item(folder)
+            with self._parsing(step):
+                names = _migrate.roxxel_names(_tree_specs(item_dir))
+                found = _read_tree(item_dir, {names[name]: t for name, t in targets.items()})
+            return {name: found[names[name]] for name in targets}
         if self.format_of(step) >= 2:
             index = self.index(step)
             wanted = {
@@ -697,3 +776,52 @@ class Store:
                 ),
             )
         return flatten(result[STATE_ITEM])
+
+
+# ------------------------------------------------------------------ layouts migrated from
+def _foreign_metrics(directory: str, folder: _layout.StepFolder) -> dict[str, float] | None:
+    """The metrics CheckpointManager saved beside a step (`metrics/metrics`), or None."""
+    from etils import epath
+
+    path = _directory.join(directory, folder.name, _layout.METRICS_ITEM, _layout.METRICS_ITEM)
+    try:
+        value = json.loads(epath.Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(value, Mapping):
+        return None
+    return {
+        str(k): float(v)
+        for k, v in value.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
+
+
+def _tree_specs(item: str) -> dict[str, LeafSpec]:
+    """Shape and dtype of every leaf of a PyTree checkpoint folder, by saved path."""
+    metadata = ocp.PyTreeCheckpointer().metadata(item)
+    tree = getattr(metadata, "item_metadata", metadata)
+    tree = getattr(tree, "tree", tree)
+    if not isinstance(tree, Mapping) or not tree:
+        raise ValueError(f"{item}/{_layout.PYTREE_METADATA} holds no PyTree Orbax can read")
+    specs: dict[str, LeafSpec] = {}
+    for path, leaf in flatten(tree).items():
+        if getattr(leaf, "shape", None) is None:
+            specs[path] = LeafSpec((), STRING)
+        else:
+            specs[path] = LeafSpec(tuple(int(d) for d in leaf.shape), str(np.dtype(leaf.dtype)))
+    return specs
+
+
+def _read_tree(item: str, targets: Mapping[str, Any]) -> dict[str, Any]:
+    """Read the leaves `targets` names (by saved path) from a PyTree checkpoint folder."""
+    tree = nest(dict(targets))
+    restored = ocp.PyTreeCheckpointer().restore(
+        item,
+        args=ocp.args.PyTreeRestore(
+            item=tree,
+            restore_args=ocp.checkpoint_utils.construct_restore_args(tree),
+            partial_restore=True,
+        ),
+    )
+    return flatten(restored)

@@ -58,6 +58,8 @@ class RestoreReport:
         params_total: how many parameters the model has (0 when not known, as in a plan made
             without them).
         applied: False for a dry run or a restore that stopped on an error.
+        source: who wrote the step: "roxxel", or the Orbax layout it was migrated from (for
+            example "orbax: nnx.state((model, optimizer)) in 900/default").
     """
 
     step: int
@@ -75,6 +77,7 @@ class RestoreReport:
     params_restored: int = 0
     params_total: int = 0
     applied: bool = False
+    source: str = "roxxel"
 
     @property
     def exact(self) -> bool:
