@@ -87,9 +87,9 @@ UNAVAILABLE: dict[str, tuple[bool, str, str]] = {
     ),
     "reached_preemption": (
         True,
-        "Roxxel records SIGTERM itself",
-        "read checkpointer.preemption_requested (with on_sigterm='flag') and call "
-        "checkpointer.final_save(step, metrics_dict) instead",
+        "the Checkpointer answers it itself",
+        "call checkpointer.reached_preemption(step) instead (with on_sigterm='flag', then "
+        "checkpointer.final_save(step, metrics_dict))",
     ),
     "check_for_errors": (
         True,

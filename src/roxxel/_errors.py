@@ -16,6 +16,7 @@ RoxxelError
 ├── CorruptCheckpointError (ValueError)     a step's files fail their checksums or cannot be parsed
 ├── CheckpointLockedError (RuntimeError)    another process is writing to the directory
 ├── ReadOnlyError (PermissionError)         a save on a read-only Checkpointer
+├── PreemptionSyncError (RuntimeError)      JAX's preemption sync point is unavailable
 └── UnavailableManagerAPIError (AttributeError)  `checkpointer.mngr`'s refusals (in _compat)
 ```
 
@@ -39,6 +40,7 @@ __all__ = [
     "InvalidArgumentError",
     "InvalidStepError",
     "NoCheckpointError",
+    "PreemptionSyncError",
     "ReadOnlyError",
     "RestoreMismatchError",
     "RoxxelError",
@@ -193,3 +195,11 @@ class CheckpointLockedError(RoxxelError, RuntimeError):
 
 class ReadOnlyError(RoxxelError, PermissionError):
     """A save or delete on a Checkpointer opened with `read_only=True`."""
+
+
+class PreemptionSyncError(RoxxelError, RuntimeError):
+    """In a multi-process job, processes cannot agree on a step to stop at.
+
+    JAX's preemption sync manager is off (`jax_enable_preemption_service=False`), or a
+    SIGTERM cannot reach its notifier.
+    """
