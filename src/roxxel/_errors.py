@@ -16,6 +16,7 @@ RoxxelError
 ├── CorruptCheckpointError (ValueError)     a step's files fail their checksums or cannot be parsed
 ├── CheckpointLockedError (RuntimeError)    another process is writing to the directory
 ├── ReadOnlyError (PermissionError)         a save on a read-only Checkpointer
+├── WeightsFileError (ValueError)           a weights file that is not (whole) safetensors
 └── UnavailableManagerAPIError (AttributeError)  `checkpointer.mngr`'s refusals (in _compat)
 ```
 
@@ -46,6 +47,7 @@ __all__ = [
     "StepNotFoundError",
     "StepOrderError",
     "StorageUnreachableError",
+    "WeightsFileError",
 ]
 
 
@@ -193,3 +195,18 @@ class CheckpointLockedError(RoxxelError, RuntimeError):
 
 class ReadOnlyError(RoxxelError, PermissionError):
     """A save or delete on a Checkpointer opened with `read_only=True`."""
+
+
+class WeightsFileError(RoxxelError, ValueError):
+    """A weights file `load_weights` cannot read: not a safetensors file, truncated, or
+    holding a dtype or key it cannot use. Nothing was changed.
+
+    Attributes:
+        path: the file.
+        problem: what is wrong with it, in a few words.
+    """
+
+    def __init__(self, message: str, *, path: str, problem: str) -> None:
+        super().__init__(message)
+        self.path = path
+        self.problem = problem
