@@ -519,6 +519,34 @@ def test_damaged_and_foreign_files_are_refused_naming_the_file(
     assert "not 16 bytes" in str(_refused(model, wrong_size))
 
 
+def test_a_file_cut_after_its_header_was_checked_changes_nothing(
+    exported: dict[str, Any], tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """The steps of load_weights, with the file truncated between planning and reading: the
+    read fails on the last tensor and no leaf of the model is set (all or nothing)."""
+    from roxxel import _inplace
+    from roxxel._weights import WeightsFile
+
+    path = tmp_path / "shrinking.safetensors"
+    path.write_bytes(exported["file"].read_bytes())
+    model = rich(5)
+    before = _bits(state_arrays(model))
+    weights = WeightsFile(str(path))
+    request.addfinalizer(weights.close)
+    planned = _inplace.plan(
+        model, None, 7, weights.specs, rename={}, on_mismatch="error", allow_partial=False,
+        where=str(path), source=str(path),
+    )  # fmt: skip
+    assert len(planned.reads) == len(exported["model"])
+    last = max(weights.tensors.values(), key=lambda t: t.end)
+    os.truncate(path, last.end - 2)
+    with pytest.raises(WeightsFileError) as info:
+        _inplace.apply(model, None, planned, weights.specs, weights.read)
+    assert f"tensor {last.key!r} ends at byte {last.end}" in str(info.value)
+    assert "it changed after its header was read" in str(info.value)
+    assert _bits(state_arrays(model)) == before
+
+
 # ----------------------------------------------------------------------- bad arguments
 def test_bad_arguments_fail_at_the_call(exported: dict[str, Any], tmp_path: Path) -> None:
     model = rich(5)

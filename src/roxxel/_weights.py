@@ -64,14 +64,41 @@ class _Tensor:
 
 
 class WeightsFile:
-    """The checked header of a safetensors file: its tensors by leaf path, and their specs."""
+    """The checked header of a safetensors file: its tensors by leaf path, and their specs.
+
+    The file stays open from the header's check to `close()`, so the tensors are read from the
+    file whose header was checked, even if another file is renamed over its path meanwhile.
+    """
 
     def __init__(self, path: str) -> None:
         self.path = path
         self.tensors: dict[str, _Tensor] = {}
         self.specs: dict[str, _state.LeafSpec] = {}
         self.metadata: dict[str, str] = {}
-        self._parse()
+        try:
+            self._fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except OSError as exc:
+            raise self._refuse(
+                f"it cannot be opened ({exc.strerror or exc})",
+                "check that the file exists and is readable",
+            ) from exc
+        try:
+            self._parse()
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Close the file (reading afterwards raises)."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __enter__(self) -> WeightsFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # ------------------------------------------------------------------- checking
     def _refuse(self, problem: str, fix: str) -> WeightsFileError:
@@ -90,21 +117,20 @@ class WeightsFile:
 
     def _parse(self) -> None:
         try:
-            with open(self.path, "rb") as f:
-                size = os.fstat(f.fileno()).st_size
-                head = f.read(8)
-                if len(head) < 8:
-                    raise self._not_safetensors(f"{size} bytes, shorter than a header")
-                length = int.from_bytes(head, "little")
-                if length < 2 or length > HEADER_LIMIT:
-                    raise self._not_safetensors(
-                        f"its first 8 bytes give a header of {length} bytes"
-                    )
-                if 8 + length > size:
-                    raise self._truncated(
-                        f"its header needs {8 + length} bytes but the file has {size}"
-                    )
-                raw = f.read(length)
+            size = os.fstat(self._fd).st_size
+            head = os.pread(self._fd, 8, 0)
+            if len(head) < 8:
+                raise self._not_safetensors(f"{size} bytes, shorter than a header")
+            length = int.from_bytes(head, "little")
+            if length < 2 or length > HEADER_LIMIT:
+                raise self._not_safetensors(f"its first 8 bytes give a header of {length} bytes")
+            if 8 + length > size:
+                raise self._truncated(
+                    f"its header needs {8 + length} bytes but the file has {size}"
+                )
+            raw = os.pread(self._fd, length, 8)
+            if len(raw) < length:
+                raise self._truncated(f"its header needs {8 + length} bytes but fewer were read")
         except OSError as exc:
             raise self._refuse(
                 f"it cannot be read ({exc.strerror or exc})",
@@ -201,24 +227,20 @@ class WeightsFile:
     # -------------------------------------------------------------------- reading
     def read(self, targets: Mapping[str, Any]) -> dict[str, Any]:
         """Read the tensors named in `targets` (leaf paths), placed as `Store.read` does."""
-        fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-        try:
-            with concurrent.futures.ThreadPoolExecutor(
-                max_workers=_format.READERS, thread_name_prefix="roxxel-weights"
-            ) as pool:
-                futures = {path: pool.submit(self._read_one, fd, path) for path in targets}
-                result = {}
-                for path, target in targets.items():
-                    tensor = self.tensors[path]
-                    array = futures[path].result()
-                    leaf = _format.SavedLeaf(tensor.dtype.name, tensor.shape)
-                    wanted = _format.Target(
-                        getattr(target, "dtype", None), getattr(target, "sharding", None)
-                    )
-                    result[path] = _format.place(path, leaf, wanted, _piece(array))
-                return result
-        finally:
-            os.close(fd)
+        with concurrent.futures.ThreadPoolExecutor(
+            max_workers=_format.READERS, thread_name_prefix="roxxel-weights"
+        ) as pool:
+            futures = {path: pool.submit(self._read_one, self._fd, path) for path in targets}
+            result = {}
+            for path, target in targets.items():
+                tensor = self.tensors[path]
+                array = futures[path].result()
+                leaf = _format.SavedLeaf(tensor.dtype.name, tensor.shape)
+                wanted = _format.Target(
+                    getattr(target, "dtype", None), getattr(target, "sharding", None)
+                )
+                result[path] = _format.place(path, leaf, wanted, _piece(array))
+            return result
 
     def _read_one(self, fd: int, path: str) -> np.ndarray[Any, Any]:
         tensor = self.tensors[path]
@@ -342,19 +364,19 @@ def load_weights(
     full = _checked_path(path)
     _inplace.check_options(on_mismatch, allow_partial)
     renames = _restore.check_rename(rename)
-    weights = WeightsFile(full)
-    planned = _inplace.plan(
-        model,
-        None,
-        weights.step(),
-        weights.specs,
-        rename=renames,
-        on_mismatch=on_mismatch,
-        allow_partial=allow_partial,
-        where=full,
-        source=full,
-    )
-    report = _inplace.apply(model, None, planned, weights.specs, weights.read)
+    with WeightsFile(full) as weights:
+        planned = _inplace.plan(
+            model,
+            None,
+            weights.step(),
+            weights.specs,
+            rename=renames,
+            on_mismatch=on_mismatch,
+            allow_partial=allow_partial,
+            where=full,
+            source=full,
+        )
+        report = _inplace.apply(model, None, planned, weights.specs, weights.read)
     level = logging.INFO if report.exact and report.all_params_restored else logging.WARNING
     logger.log(level, "roxxel: loaded %s", report.summary())
     return report
