@@ -39,8 +39,8 @@ from ._restore import OnMismatch, RestoreReport
 
 logger = logging.getLogger("roxxel")
 
-HEADER_LIMIT = 100 << 20
-"""The largest header accepted (the limit the reference reader sets)."""
+HEADER_LIMIT = 100_000_000
+"""The largest header accepted, in bytes: the reference reader's limit (it refuses one more)."""
 _ROOTS = ("model/", "optimizer/")
 
 
