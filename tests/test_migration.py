@@ -77,7 +77,7 @@ def test_a_folder_of_the_page_sketch_resumes_model_and_optimizer(tmp_path: Path)
         assert ck.restore() == 300
         report = ck.last_restore_report
         assert report is not None and report.exact and report.all_params_restored
-        assert report.source == "orbax: nnx.state((model, optimizer)) in 300/default"
+        assert report.layout == "orbax: nnx.state((model, optimizer)) in 300/default"
         assert_same_state(state_arrays(model, optimizer), saved[300])
         assert ck.metrics(200) == {"loss": 0.4}
         # Best by the loss the sketch saved, across its steps.
@@ -98,7 +98,7 @@ def test_a_folder_of_the_page_sketch_resumes_model_and_optimizer(tmp_path: Path)
     with Checkpointer(str(directory), model2, optimizer2) as ck:
         assert ck.restore() == 600
         assert ck.last_restore_report is not None
-        assert ck.last_restore_report.source == "roxxel"
+        assert ck.last_restore_report.layout == "roxxel"
     assert_same_state(state_arrays(model2, optimizer2), after)
 
 
@@ -108,7 +108,7 @@ def test_plain_orbax_model_only_restores_into_a_model_without_optimizer(tmp_path
     with Checkpointer(str(tmp_path / "ck"), model, None) as ck:
         assert ck.restore() == 7
         assert ck.last_restore_report is not None
-        assert ck.last_restore_report.source == "orbax: nnx.state(model) in 7/default"
+        assert ck.last_restore_report.layout == "orbax: nnx.state(model) in 7/default"
     assert_same_state(state_arrays(model), saved)
 
 
@@ -138,7 +138,7 @@ def test_the_nnx_guide_layout_restores_as_step_0(tmp_path: Path) -> None:
         assert ck.all_steps() == [0]
         assert ck.restore() == 0
         report = ck.last_restore_report
-        assert report is not None and report.source == "orbax: nnx.state(model) in state"
+        assert report is not None and report.layout == "orbax: nnx.state(model) in state"
         assert_same_state(only_model(state_arrays(model, optimizer)), saved)
         ck.save(10, {"loss": 1.0})
     assert sorted(os.listdir(tmp_path / "run")) == [".roxxel-writer.lock", "10", "state"]

@@ -17,6 +17,7 @@ from . import (
     _diagnose,
     _directory,
     _format,
+    _inplace,
     _integrity,
     _lifecycle,
     _lock,
@@ -33,7 +34,6 @@ from ._errors import (
     CorruptCheckpointError,
     InvalidArgumentError,
     ReadOnlyError,
-    RestoreMismatchError,
     StepExistsError,
     StepNotFoundError,
     StepOrderError,
@@ -660,13 +660,7 @@ class Checkpointer:
         exclude: set[int] = frozenset(),  # type: ignore[assignment]
     ) -> tuple[_restore.RestorePlan, dict[str, _state.LeafSpec]] | None:
         self._check_open()
-        _validate.choice(on_mismatch, name="on_mismatch", options=("error", "skip"))
-        if not isinstance(allow_partial, bool):
-            raise InvalidArgumentError(
-                f"allow_partial must be True or False, got {allow_partial!r}.",
-                name="allow_partial",
-                value=allow_partial,
-            )
+        _inplace.check_options(on_mismatch, allow_partial)
         renames = _restore.check_rename(rename)
         if self._pending_step is not None:
             self._finish_pending()
@@ -683,50 +677,28 @@ class Checkpointer:
                     "; ".join(f"{i.name}/: {i.reason}" for i in ignored[:5]),
                 )
             return None
-        live = _state.variables(self.model, self.optimizer)
-        current = {path: _state.spec_of(variable.get_value()) for path, variable in live.items()}
-        params = {
-            path
-            for path, variable in live.items()
-            if path.startswith("model/") and isinstance(variable, nnx.Param)
-        }
         saved = self._store.leaf_specs(chosen)
-        planned = _restore.plan(chosen, saved, current, rename=renames, params=params)
+        planned = _inplace.plan(
+            self.model,
+            self.optimizer,
+            chosen,
+            saved,
+            rename=renames,
+            on_mismatch=on_mismatch,
+            allow_partial=allow_partial,
+            where=self.directory,
+        )
         if self._store.foreign(chosen) is not None:
-            report = dataclasses.replace(planned.report, source=self._store.source(chosen))
+            report = dataclasses.replace(planned.report, layout=self._store.source(chosen))
             planned = dataclasses.replace(planned, report=report)
-        report = planned.report
-        if report.mismatched and on_mismatch == "error":
-            raise RestoreMismatchError(
-                _restore.mismatch_message(report, self.directory),
-                mismatched=dict(report.mismatched),
-                report=report,
-            )
-        if report.params_total and not report.params_restored and not allow_partial:
-            raise RestoreMismatchError(
-                _restore.no_params_message(report, self.directory),
-                mismatched=dict(report.mismatched),
-                report=report,
-            )
         return planned, saved
 
     def _apply(self, planned: _restore.RestorePlan, saved: dict[str, _state.LeafSpec]) -> None:
         """Read the planned leaves, convert them all, then set them: all or nothing."""
         step = planned.report.step
-        live = _state.variables(self.model, self.optimizer)
-        targets = {
-            source: _state.read_target(live[path].get_value(), saved[source])
-            for path, source in planned.reads.items()
-        }
-        arrays = self._store.read(step, targets)
-        new_values = {}
-        for path, source in planned.reads.items():
-            current = live[path].get_value()
-            spec = _state.spec_of(current)
-            new_values[path] = _state.from_saved(arrays[source], current, spec)
-        for path, value in new_values.items():
-            live[path].set_value(value)
-        report = dataclasses.replace(planned.report, applied=True)
+        report = _inplace.apply(
+            self.model, self.optimizer, planned, saved, lambda t: self._store.read(step, t)
+        )
         self.last_restore_report = report
         self._restored_step = step
         level = logging.INFO if report.exact and report.all_params_restored else logging.WARNING

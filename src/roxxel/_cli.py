@@ -585,6 +585,9 @@ def cmd_export(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                 bar(done, total)
 
         metadata = {"roxxel_step": str(step), "roxxel_source": checkpoints.directory}
+        keys = {path: specs[path].key_impl for path in paths if specs[path].key_impl}
+        if keys:  # load_weights wraps these again as PRNG keys of their implementation
+            metadata["roxxel_keys"] = json.dumps(keys, sort_keys=True)
         try:
             _export.write(target, fmt, shapes, chunks(), metadata=metadata)
         except CorruptCheckpointError as exc:  # a shard failed its CRC while it was read

@@ -17,6 +17,7 @@ RoxxelError
 ├── CheckpointLockedError (RuntimeError)    another process is writing to the directory
 ├── ReadOnlyError (PermissionError)         a save on a read-only Checkpointer
 ├── PreemptionSyncError (RuntimeError)      JAX's preemption sync point is unavailable
+├── WeightsFileError (ValueError)           a weights file that is not (whole) safetensors
 └── UnavailableManagerAPIError (AttributeError)  `checkpointer.mngr`'s refusals (in _compat)
 ```
 
@@ -48,6 +49,7 @@ __all__ = [
     "StepNotFoundError",
     "StepOrderError",
     "StorageUnreachableError",
+    "WeightsFileError",
 ]
 
 
@@ -203,3 +205,18 @@ class PreemptionSyncError(RoxxelError, RuntimeError):
     JAX's preemption sync manager is off (`jax_enable_preemption_service=False`), or a
     SIGTERM cannot reach its notifier.
     """
+
+
+class WeightsFileError(RoxxelError, ValueError):
+    """A weights file `load_weights` cannot read: not a safetensors file, truncated, or
+    holding a dtype or key it cannot use. Nothing was changed.
+
+    Attributes:
+        path: the file.
+        problem: what is wrong with it, in a few words.
+    """
+
+    def __init__(self, message: str, *, path: str, problem: str) -> None:
+        super().__init__(message)
+        self.path = path
+        self.problem = problem

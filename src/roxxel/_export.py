@@ -40,6 +40,8 @@ _SAFETENSORS_DTYPES = {
     "float8_e4m3fn": "F8_E4M3",
     "float8_e5m2": "F8_E5M2",
 }
+SAFETENSORS_NAMES = {code: name for name, code in _SAFETENSORS_DTYPES.items()}
+"""The dtype name of each safetensors code written here; `_weights` reads the same ones."""
 
 
 class UnsupportedDtypeError(ValueError):

@@ -324,10 +324,10 @@ class CheckpointDir:
         """
         import jax
 
+        from ._format import _np_dtype
         from ._state import STRING
 
         specs = self._store.leaf_specs(step)
-        sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
         chunk: list[str] = []
         size = 0
         wanted = [path for path in paths if path in specs]
@@ -336,12 +336,12 @@ class CheckpointDir:
             size += 0 if specs[path].dtype == STRING else leaf_bytes(specs[path])
             if size < chunk_bytes and index + 1 < len(wanted):
                 continue
+            # Host (NumPy) targets: a JAX array would narrow 64-bit leaves to 32 bits (x64 is
+            # off by default), and the file would not hold the bytes its header promises.
             targets = {
                 p: ""
                 if specs[p].dtype == STRING
-                else jax.ShapeDtypeStruct(  # type: ignore[no-untyped-call]
-                    specs[p].shape, jax.numpy.dtype(specs[p].dtype), sharding=sharding
-                )
+                else jax.ShapeDtypeStruct(specs[p].shape, _np_dtype(specs[p].dtype))  # type: ignore[no-untyped-call]
                 for p in chunk
             }
             arrays = self._store.read(step, targets)

@@ -35,10 +35,11 @@ class RestoreReport:
     """What a restore did (or, for a dry run, would do), leaf by leaf.
 
     Paths are the current model's paths (`model/...`, `optimizer/...`), except `unused`, which
-    lists paths as they are on disk.
+    lists paths as they are on disk (for a weights file, its keys as `load_weights` reads them).
 
     Attributes:
-        step: the checkpoint step.
+        step: the checkpoint step (for `load_weights`, the step a `roxxel export` file was
+            written from, 0 for other files).
         restored: leaves set from the checkpoint.
         missing: leaves of the current model that the checkpoint lacks; they keep their values.
         unused: leaves on disk that the current model does not have.
@@ -58,7 +59,8 @@ class RestoreReport:
         params_total: how many parameters the model has (0 when not known, as in a plan made
             without them).
         applied: False for a dry run or a restore that stopped on an error.
-        source: who wrote the step: "roxxel", or the Orbax layout it was migrated from (for
+        source: the weights file `load_weights` read; None for a checkpoint step.
+        layout: who wrote the step: "roxxel", or the Orbax layout it was migrated from (for
             example "orbax: nnx.state((model, optimizer)) in 900/default").
     """
 
@@ -77,7 +79,8 @@ class RestoreReport:
     params_restored: int = 0
     params_total: int = 0
     applied: bool = False
-    source: str = "roxxel"
+    source: str | None = None
+    layout: str = "roxxel"
 
     @property
     def exact(self) -> bool:
@@ -116,8 +119,11 @@ class RestoreReport:
             items = getattr(self, name)
             if items:
                 parts.append(f"{name} {len(items)}")
-        verb = "step" if self.applied else "step (not applied)"
-        line = f"{verb} {self.step}: " + ", ".join(parts)
+        if self.source is not None:
+            what = self.source if self.applied else f"{self.source} (not applied)"
+        else:
+            what = f"step {self.step}" if self.applied else f"step (not applied) {self.step}"
+        line = f"{what}: " + ", ".join(parts)
         if not self.exact and self.params_text():
             line += "; " + self.params_text()
         if self.suggested_rename:
@@ -138,6 +144,7 @@ class RestoreReport:
         """The report as plain lists and dicts (for JSON, logs or a CLI)."""
         return {
             "step": self.step,
+            "source": self.source,
             "applied": self.applied,
             "restored": list(self.restored),
             "missing": list(self.missing),
@@ -212,7 +219,10 @@ def saved_name(path: str, rename: Mapping[str, str], *, mirror: int | None = Non
     """The name under which the current leaf `path` is looked up on disk.
 
     A rename key matches a run of whole path components anywhere in the path (so
-    `{"encoder": "enc"}` also renames the optimizer's `mu/encoder/...`); the longest key wins.
+    `{"encoder": "enc"}` also renames the optimizer's `mu/encoder/...`). Keys are tried
+    longest first, and each one that matches components no longer key has taken applies too,
+    so a prefix and a leaf name can be renamed together (`{"model": "model/bert", "kernel":
+    "weight"}`), while the longer of two overlapping keys wins.
     A key that starts with `model/` (or is `model`) also renames the optimizer's state for that
     part of the model, which mirrors the model's paths
     (`optimizer/opt_state/0/mu/<path in the model>`). `mirror` is the index of the component
@@ -220,18 +230,30 @@ def saved_name(path: str, rename: Mapping[str, str], *, mirror: int | None = Non
     must match there, and only with it can `{"model": "model/inner"}` reach the optimizer.
     """
     parts = path.split("/")
+    spans: list[tuple[int, int, list[str]]] = []  # components [start, end) -> new ones
+
+    def free(start: int, end: int) -> bool:
+        return all(
+            (end <= a or start >= b) and not (start == end and a < start < b) for a, b, _ in spans
+        )
+
     for key in sorted(rename, key=lambda k: -len(k.split("/"))):
         old, new = key.split("/"), rename[key].split("/")
         if parts[0] == "optimizer" and old[0] == "model" and new[0] == "model":
             old, new = old[1:], new[1:]
             if mirror is not None:
-                if parts[mirror : mirror + len(old)] == old:
-                    return "/".join(parts[:mirror] + new + parts[mirror + len(old) :])
+                if parts[mirror : mirror + len(old)] == old and free(mirror, mirror + len(old)):
+                    spans.append((mirror, mirror + len(old), new))
                 continue
         i = _find(parts, old)
-        if i >= 0 and old:
-            return "/".join(parts[:i] + new + parts[i + len(old) :])
-    return path
+        if i >= 0 and old and free(i, i + len(old)):
+            spans.append((i, i + len(old), new))
+    result: list[str] = []
+    done = 0
+    for start, end, new in sorted(spans, key=lambda span: (span[0], span[1])):
+        result += parts[done:start] + new
+        done = end
+    return "/".join(result + parts[done:])
 
 
 def mirrors(paths: Iterable[str]) -> dict[str, int]:
@@ -527,11 +549,24 @@ def _suggest(
     return best or by_name
 
 
+def _cannot(report: RestoreReport, directory: str) -> str:
+    """`cannot restore step 3 from DIR`, or `cannot load weights from FILE`."""
+    if report.source is not None:
+        return f"cannot load weights from {report.source}"
+    return f"cannot restore step {report.step} from {directory}"
+
+
+def _unchanged(report: RestoreReport) -> str:
+    if report.source is not None:
+        return "the model was not changed"
+    return "the model and optimizer were not changed"
+
+
 def mismatch_message(report: RestoreReport, directory: str) -> str:
     """The error text for leaves whose saved shape does not fit the current model."""
     lines = [
-        f"cannot restore step {report.step} from {directory}: {len(report.mismatched)} saved "
-        "leaves do not fit the current model (the model and optimizer were not changed):"
+        f"{_cannot(report, directory)}: {len(report.mismatched)} saved leaves do not fit the "
+        f"current model ({_unchanged(report)}):"
     ]
     for path in list(report.mismatched)[:10]:
         lines.append(f"  {path}: {report.mismatch_text(path)}")
@@ -547,7 +582,21 @@ def mismatch_message(report: RestoreReport, directory: str) -> str:
             f"if a layer was renamed, pass rename={dict(report.suggested_rename)!r} (the saved "
             "leaves of that name have the current shapes)"
         )
-    fixes.append("call plan_restore() with the same arguments for the full report")
+    transposed = [
+        path
+        for path, (saved, current) in report.mismatched.items()
+        if len(saved) == 2 and saved != current and saved == current[::-1]
+    ]
+    if transposed and report.source is not None:
+        fixes.append(
+            f"{transposed[0]} is stored transposed (PyTorch keeps a Linear weight as (out, in), "
+            "Flax's kernel is (in, out)): write the file with those tensors transposed"
+        )
+    fixes.append(
+        "see error.report for every leaf"
+        if report.source is not None
+        else "call plan_restore() with the same arguments for the full report"
+    )
     lines.append("To fix: " + "; or ".join(f"{i}) {fix}" for i, fix in enumerate(fixes, 1)) + ".")
     return "\n".join(lines)
 
@@ -570,22 +619,28 @@ def no_params_message(report: RestoreReport, directory: str) -> str:
     """The error text for a restore that would set none of the model's parameters."""
     others = len(report.restored)
     also = f"only {others} other leaves match" if others else "no other leaf matches either"
+    held_in = "the file" if report.source is not None else "the checkpoint"
+    stored, verb = ("in the file", "Load") if report.source is not None else ("on disk", "Restore")
+    outcome = (
+        "the model would keep its current weights"
+        if report.source is not None
+        else "training would resume from freshly initialized weights"
+    )
     lines = [
-        f"cannot restore step {report.step} from {directory}: none of the model's "
-        f"{report.params_total} parameters (nnx.Param) is in the checkpoint under its current "
-        f"path ({also}), so training would resume from freshly initialized weights. Nothing "
+        f"{_cannot(report, directory)}: none of the model's {report.params_total} parameters "
+        f"(nnx.Param) is in {held_in} under its current path ({also}), so {outcome}. Nothing "
         "was changed."
     ]
     if report.suggested_rename:
         moved = moved_prefix(report.suggested_rename)
         cause = moved or "their paths changed"
         lines.append(
-            f"The saved parameters are on disk under other paths with the same shapes: {cause}. "
-            f"Restore with rename={dict(report.suggested_rename)!r}."
+            f"The saved parameters are {stored} under other paths with the same shapes: "
+            f"{cause}. {verb} with rename={dict(report.suggested_rename)!r}."
         )
     for title, paths in (
-        ("missing (in the model, not on disk)", report.missing),
-        ("unused (on disk, not in the model)", report.unused),
+        (f"missing (in the model, not {stored})", report.missing),
+        (f"unused ({stored}, not in the model)", report.unused),
     ):
         shown = [p for p in paths if p.startswith("model/")][:5]
         if shown:
@@ -596,12 +651,14 @@ def no_params_message(report: RestoreReport, directory: str) -> str:
         fixes.append(f"pass rename={dict(report.suggested_rename)!r}")
     else:
         fixes.append(
-            "check that this is the checkpoint of this model, and pass rename={current name: "
+            f"check that {held_in} belongs to this model, and pass rename={{current name: "
             "saved name} for paths that changed"
         )
     fixes.append(
-        "pass allow_partial=True to restore only the leaves that match (the optimizer's step "
-        "and counts are still not restored without the state they count)"
+        "pass allow_partial=True to load only the leaves that match"
+        if report.source is not None
+        else "pass allow_partial=True to restore only the leaves that match (the optimizer's "
+        "step and counts are still not restored without the state they count)"
     )
     lines.append("To fix: " + "; or ".join(f"{i}) {fix}" for i, fix in enumerate(fixes, 1)) + ".")
     return "\n".join(lines)

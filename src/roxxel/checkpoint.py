@@ -1,7 +1,7 @@
-"""`roxxel.checkpoint`: the Checkpointer and the errors it raises.
+"""`roxxel.checkpoint`: the Checkpointer, `load_weights` and the errors they raise.
 
 ```python
-from roxxel.checkpoint import Checkpointer
+from roxxel.checkpoint import Checkpointer, load_weights
 ```
 """
 
@@ -24,9 +24,11 @@ from ._errors import (
     StepNotFoundError,
     StepOrderError,
     StorageUnreachableError,
+    WeightsFileError,
 )
 from ._integrity import StepIntegrity, verify
 from ._restore import RestoreReport
+from ._weights import load_weights
 
 __all__ = [
     "BackgroundWriteError",
@@ -49,6 +51,8 @@ __all__ = [
     "StepOrderError",
     "StorageUnreachableError",
     "UnavailableManagerAPIError",
+    "WeightsFileError",
+    "load_weights",
     "verify",
 ]
 
