@@ -46,6 +46,7 @@ class StepEntry:
         committed_at: commit time, seconds since the epoch (None when unknown).
         best: True for the best step by the chosen metric.
         latest: True for the newest committed step.
+        temporary: True for a step saved as temporary (deleted once a newer step commits).
     """
 
     step: int
@@ -56,6 +57,7 @@ class StepEntry:
     committed_at: float | None
     best: bool = False
     latest: bool = False
+    temporary: bool = False
 
 
 def leaf_bytes(spec: LeafSpec) -> int:
@@ -176,13 +178,16 @@ class CheckpointDir:
         return sorted(found, key=lambda item: (item[0] is None, item[0] or 0, item[1]))
 
     def best_step(self) -> int | None:
-        """The committed step with the best finite metric, or None."""
-        return best_step(self._store.checkpoints(), self.retention)
+        """The committed permanent step with the best finite metric, or None."""
+        return best_step(
+            self._store.checkpoints(), self.retention, temporary=self._store.temporary_steps()
+        )
 
     def entries(self) -> list[StepEntry]:
         """Every committed step and every incomplete save, by step."""
         checkpoints = self._store.checkpoints()
-        best = best_step(checkpoints, self.retention)
+        temporary = {step for step, _ in checkpoints if self._store.is_temporary(step)}
+        best = best_step(checkpoints, self.retention, temporary=temporary)
         latest = checkpoints[-1][0] if checkpoints else None
         result = []
         for step, metrics in checkpoints:
@@ -197,6 +202,7 @@ class CheckpointDir:
                     committed_at=_commit_time(path) if self.is_local else None,
                     best=step == best,
                     latest=step == latest,
+                    temporary=step in temporary,
                 )
             )
         for step_or_none, name in self.incomplete():

@@ -26,6 +26,7 @@ from ._errors import (
 )
 from ._integrity import StepIntegrity, verify
 from ._restore import RestoreReport
+from ._telemetry import SaveStats
 
 __all__ = [
     "BackgroundWriteError",
@@ -41,6 +42,7 @@ __all__ = [
     "RestoreMismatchError",
     "RestoreReport",
     "RoxxelError",
+    "SaveStats",
     "StepExistsError",
     "StepIntegrity",
     "StepNotFoundError",
