@@ -40,7 +40,8 @@ class SaveStats:
         format: the array format written: 2 (Roxxel's files) or 1 (TensorStore: object
             stores, `compression=True`).
         size_bytes: bytes of array data this process saved (before compression).
-        blocking_seconds: how long `save()` blocked the caller.
+        blocking_seconds: how long `save()` blocked the caller, including any wait for the
+            previous save (one save is in flight at a time).
         commit_seconds: from the start of `save()` to the step being committed on storage
             (before old steps are deleted).
         throughput: `size_bytes / commit_seconds`, in bytes per second.
