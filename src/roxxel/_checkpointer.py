@@ -356,7 +356,8 @@ class Checkpointer:
 
         Raises:
             InvalidStepError: `step` is not a non-negative integer.
-            InvalidArgumentError: `metrics_dict` lacks `best_metric` or holds a non-number.
+            InvalidArgumentError: `metrics_dict` lacks `best_metric` or holds a non-number,
+                or `force` or `temporary` is not a bool.
             StepExistsError: `step` is on disk and `overwrite` is False.
             StepOrderError: `step` is below the latest step and `overwrite` is False.
             BackgroundWriteError: the previous save failed in the background.
@@ -487,6 +488,8 @@ class Checkpointer:
             raise
         except Exception as exc:
             self._pending_step = None
+            if step is not None:
+                self._telemetry.abandon(step)  # no figures for a step that never committed
             self._recover_store()
             raise BackgroundWriteError(
                 f"saving step {step} to {self.directory} failed in the background: "
