@@ -19,6 +19,7 @@ from roxxel._policy import Decision, LastSave, SavePolicy, check, decide, restor
 from roxxel.checkpoint import (
     BackgroundWriteError,
     Checkpointer,
+    CheckpointerClosedError,
     InvalidArgumentError,
     StepExistsError,
     StepOrderError,
@@ -164,6 +165,20 @@ def test_save_every_on_disk_and_should_save(ckdir: Path) -> None:
         assert ck.save(20, {"loss": 1.0}, overwrite=True)
         ck.wait_until_finished()
         assert ck.all_steps() == [0, 10, 20, 30]
+
+
+def test_should_save_answers_what_save_does_without_a_policy(ckdir: Path) -> None:
+    model, optimizer = make()
+    with Checkpointer(str(ckdir), model, optimizer) as ck:
+        assert ck.should_save(3) and ck.save(3, {"loss": 1.0})
+    model, optimizer = make(seed=1)
+    ck = Checkpointer(str(ckdir), model, optimizer)
+    assert ck.restore() == 3
+    assert not ck.should_save(3) and not ck.save(3, {"loss": 1.0})  # the page's resumed loop
+    assert ck.should_save(4)
+    ck.close()
+    with pytest.raises(CheckpointerClosedError):
+        ck.should_save(5)
 
 
 def test_skipped_calls_still_check_their_arguments(ckdir: Path) -> None:

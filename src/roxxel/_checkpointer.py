@@ -316,8 +316,12 @@ class Checkpointer:
 
         Raises:
             InvalidStepError: `step` is not a non-negative integer.
+            CheckpointerClosedError: the Checkpointer is closed.
         """
+        self._check_open()
         step = _validate.step(step)
+        if step == self._restored_step:
+            return False  # `save()` skips the checkpoint just restored
         decision = _policy.decide(self._policy, self._last_save, step, time.monotonic())
         return decision is not _policy.Decision.SKIP
 
