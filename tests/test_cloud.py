@@ -231,6 +231,35 @@ def test_roxxel_command_reads_the_bucket(store: tuple[str, servers.Server]) -> N
     assert "model/encoder/kernel" in out.getvalue()
 
 
+def test_temporary_steps_on_object_stores(store: tuple[str, servers.Server]) -> None:
+    """The temporary mark is read back through Orbax on a bucket: after a restart, by `ls`
+    and by retention, which replaces the temporary step once a newer one is committed."""
+    backend, server = store
+    url = fresh_url(backend)
+    model, optimizer = make(0)
+    with Checkpointer(url, model, optimizer, max_to_keep=1) as ck:
+        ck.save(1, {"loss": 0.9})
+        ck.save(2, {"loss": 0.1}, temporary=True)
+        ck.wait_until_finished()
+        assert ck.last_save is not None and (ck.last_save.step, ck.last_save.format) == (2, 1)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert roxxel_main(["ls", url, "--json", "--no-verify"]) == 0
+    marks = {
+        e["step"]: (e["temporary"], e["best"]) for e in json.loads(out.getvalue())["checkpoints"]
+    }
+    assert marks == {1: (False, True), 2: (True, False)}
+
+    model2, optimizer2 = make(1)
+    with Checkpointer(url, model2, optimizer2, max_to_keep=1) as ck2:
+        assert ck2.restore() == 2
+        assert ck2.best_step() == 1
+        ck2.save(3, {"loss": 0.95})
+        ck2.wait_until_finished()
+        assert ck2.all_steps() == [1, 3]  # step 2 replaced; 1 is the best
+    assert top_level(object_keys(backend, server, url)) == {"1", "3"}
+
+
 @pytest.mark.slow
 def test_two_process_job_saves_to_s3_and_one_process_restores(
     s3_server: servers.Server, tmp_path: Path

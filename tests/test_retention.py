@@ -126,3 +126,54 @@ def test_keep_every_on_disk(ckdir: Path, keep_every: int) -> None:
             ck.save(step, {"loss": 1.0})
         ck.wait_until_finished()
         assert ck.all_steps() == [0, 2, 4, 5]
+
+
+# ------------------------------------------------------------------ temporary steps (pure)
+def test_a_temporary_step_does_not_count_against_max_to_keep() -> None:
+    checkpoints = [(s, None) for s in (100, 200, 250)]
+    rule = Retention(max_to_keep=2, keep_best=0, best_metric=None)
+    assert steps_to_keep(checkpoints, rule, temporary={250}) == {100, 200, 250}
+    assert steps_to_keep(checkpoints, rule) == {200, 250}  # the same step, permanent
+
+
+def test_a_temporary_step_goes_once_a_newer_step_exists() -> None:
+    rule = Retention(max_to_keep=None, keep_best=0, best_metric=None)
+    assert steps_to_keep([(1, None), (2, None), (3, None)], rule, temporary={2}) == {1, 3}
+    # a newer temporary step replaces an older one too
+    assert steps_to_keep([(1, None), (2, None), (3, None)], rule, temporary={2, 3}) == {1, 3}
+    # while it is the newest, it stays
+    assert steps_to_keep([(1, None), (2, None)], rule, temporary={2}) == {1, 2}
+
+
+def test_a_temporary_step_is_never_best_nor_a_milestone() -> None:
+    checkpoints = [(0, {"loss": 3.0}), (4, {"loss": 0.1}), (5, {"loss": 2.0})]
+    assert best_step(checkpoints, Retention()) == 4
+    assert best_step(checkpoints, Retention(), temporary={4}) == 5
+    assert ranked_best(checkpoints, Retention(), temporary={4}) == [5, 0]
+    rule = Retention(max_to_keep=1, keep_best=1, keep_every=2)
+    assert steps_to_keep(checkpoints, rule) == {0, 4, 5}
+    assert steps_to_keep(checkpoints, rule, temporary={4}) == {0, 5}
+    # nothing ranked when the only finite metric is on a temporary step
+    assert best_step([(7, {"loss": 1.0})], Retention(), temporary={7}) is None
+
+
+@given(
+    st.lists(st.tuples(st.floats(allow_nan=True), st.booleans()), min_size=1, max_size=30),
+    st.integers(1, 5),
+    st.integers(0, 3),
+)
+def test_temporary_invariants(
+    saves: list[tuple[float, bool]], max_to_keep: int, keep_best: int
+) -> None:
+    checkpoints = [(s, {"loss": loss}) for s, (loss, _) in enumerate(saves)]
+    temporary = {s for s, (_, is_temporary) in enumerate(saves) if is_temporary}
+    rule = Retention(max_to_keep=max_to_keep, keep_best=keep_best)
+    keep = steps_to_keep(checkpoints, rule, temporary=temporary)
+    newest = len(saves) - 1
+    assert newest in keep  # resuming always has a checkpoint
+    assert keep & temporary <= {newest}  # only the newest step may be a temporary one
+    permanent = [s for s in range(len(saves)) if s not in temporary]
+    assert set(permanent[-max_to_keep:]) <= keep  # temporaries never push one out
+    assert len(keep - {newest}) <= max_to_keep + keep_best
+    best = best_step(checkpoints, rule, temporary=temporary)
+    assert best is None or best not in temporary

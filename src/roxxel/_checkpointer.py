@@ -22,9 +22,11 @@ from . import (
     _lifecycle,
     _lock,
     _paths,
+    _policy,
     _preemption,
     _restore,
     _state,
+    _telemetry,
     _validate,
 )
 from ._compat import PageManager
@@ -41,6 +43,7 @@ from ._errors import (
 from ._orbax import Store, run_bounded
 from ._restore import OnMismatch, RestoreReport
 from ._retention import Retention, best_step
+from ._telemetry import OnCommit, SaveStats
 
 logger = logging.getLogger("roxxel")
 
@@ -95,6 +98,16 @@ class Checkpointer:
             "view" on an accelerator, where capturing is the device-to-host copy anyway.
         staging_limit_bytes: with `staging="copy"`, copy at most this many bytes (the other
             arrays are held as views); bounds the host memory a save holds.
+        save_every: save only at steps that are multiples of this: `save()` is then called
+            at every step and returns False when no save is due (see `should_save`).
+        save_interval_s: save once this many seconds passed since the last permanent save.
+        temporary_interval_s: make a *temporary* save once this many seconds passed since
+            the last save of any kind: it is kept only until a newer step commits, never
+            counts against `max_to_keep` and is never best. Must be shorter than
+            `save_interval_s`.
+        on_commit: called with the `SaveStats` of every step once it is committed, on a
+            thread of its own (it never delays a save or a commit); its exceptions are
+            logged with their traceback.
 
     Raises:
         CheckpointPathError: `checkpoint_path` is a file, or cannot be created or written.
@@ -129,6 +142,10 @@ class Checkpointer:
         on_corrupt: OnCorrupt = "fallback",
         staging: Staging = "auto",
         staging_limit_bytes: int | None = None,
+        save_every: int | None = None,
+        save_interval_s: float | None = None,
+        temporary_interval_s: float | None = None,
+        on_commit: OnCommit | None = None,
     ) -> None:
         _validate.instance(
             model,
@@ -171,6 +188,19 @@ class Checkpointer:
             staging_limit_bytes, name="staging_limit_bytes", minimum=0, allow_none=True
         )
         self._staging_pool = _format.StagingPool()
+        self._policy = _policy.check(
+            _policy.SavePolicy(
+                save_every=_validate.count(
+                    save_every, name="save_every", minimum=1, allow_none=True
+                ),
+                save_interval_s=_optional_seconds(save_interval_s, "save_interval_s"),
+                temporary_interval_s=_optional_seconds(
+                    temporary_interval_s, "temporary_interval_s"
+                ),
+            )
+        )
+        self._last_save = _policy.LastSave()
+        on_commit = _telemetry.check_callback(on_commit)
         for flag_name, flag in (("read_only", read_only), ("compression", compression)):
             if not isinstance(flag, bool):
                 raise InvalidArgumentError(
@@ -195,6 +225,8 @@ class Checkpointer:
                 self._writer_lock.release()
             raise
         self._store.remove_partial()
+        self._telemetry = _telemetry.Telemetry(self.directory, on_commit)
+        self._store.on_commit = self._telemetry.committed
         self._closed = False
         self._pending_step = None
         self._pending_bytes = 0
@@ -208,7 +240,8 @@ class Checkpointer:
         `reached_preemption()` agreed on.
         """
         self.last_save_seconds: float | None = None
-        """How long the last `save()` call blocked the caller."""
+        """How long the last `save()` call that saved blocked the caller (also in
+        `last_save.blocking_seconds` once that step is committed)."""
         _lifecycle.track(self)
         _preemption.install_sigterm_handler()
 
@@ -243,6 +276,16 @@ class Checkpointer:
         """
         return PageManager(self)
 
+    @property
+    def last_save(self) -> SaveStats | None:
+        """The figures of the newest committed save of this Checkpointer (None before one)."""
+        return self._telemetry.last
+
+    @property
+    def save_history(self) -> tuple[SaveStats, ...]:
+        """The `SaveStats` of this Checkpointer's last 100 committed saves, oldest first."""
+        return tuple(self._telemetry.history)
+
     def all_steps(self) -> list[int]:
         """Every committed step on disk, ascending (steps of migrated layouts included)."""
         self._check_open()
@@ -256,7 +299,9 @@ class Checkpointer:
     def best_step(self) -> int | None:
         """The committed step with the best finite `best_metric`, or None."""
         self._check_open()
-        return best_step(self._store.checkpoints(), self._retention)
+        return best_step(
+            self._store.checkpoints(), self._retention, temporary=self._store.temporary_steps()
+        )
 
     def metrics(self, step: int) -> dict[str, float] | None:
         """The metrics saved with `step` (None if it was saved without any).
@@ -269,8 +314,32 @@ class Checkpointer:
         return self._store.metrics(step)
 
     # ------------------------------------------------------------------------- save
+    def should_save(self, step: int) -> bool:
+        """Whether `save(step, ...)` would save now under `save_every`, `save_interval_s`
+        and `temporary_interval_s` (always True without them).
+
+        Ask first when the metrics cost something to compute:
+        `if ck.should_save(step): ck.save(step, {"loss": evaluate()})`.
+
+        Raises:
+            InvalidStepError: `step` is not a non-negative integer.
+            CheckpointerClosedError: the Checkpointer is closed.
+        """
+        self._check_open()
+        step = _validate.step(step)
+        if step == self._restored_step:
+            return False  # `save()` skips the checkpoint just restored
+        decision = _policy.decide(self._policy, self._last_save, step, time.monotonic())
+        return decision is not _policy.Decision.SKIP
+
     def save(
-        self, step: int, metrics_dict: Mapping[str, Any] | None = None, *, overwrite: bool = False
+        self,
+        step: int,
+        metrics_dict: Mapping[str, Any] | None = None,
+        *,
+        overwrite: bool = False,
+        force: bool = False,
+        temporary: bool | None = None,
     ) -> bool:
         """Start saving the current model and optimizer as `step`; returns without waiting.
 
@@ -278,19 +347,28 @@ class Checkpointer:
         donate their buffers, do not change what is written. If the previous save is still
         being written, this call first waits for it (one save is in flight at a time).
 
+        With `save_every`, `save_interval_s` or `temporary_interval_s` set, a call when no
+        save is due returns False at once (after checking its arguments), so the loop may
+        call `save()` at every step.
+
         Args:
             step: the training step, a non-negative integer (NumPy and JAX integers work).
             metrics_dict: metric name -> number; must hold `best_metric` unless that is None.
             overwrite: replace `step` if it is already on disk, or allow a step lower than
                 the latest one.
+            force: save even if the save policy says no save is due.
+            temporary: save as a temporary checkpoint (True), kept only until a newer step
+                commits, or as a permanent one (False). None (default): temporary when only
+                `temporary_interval_s` made the save due, else permanent.
 
         Returns:
-            True if a save was started; False if `step` is the checkpoint just restored and
-            the save was skipped (nothing new to write).
+            True if a save was started; False if no save is due under the save policy, or
+            if `step` is the checkpoint just restored (nothing new to write).
 
         Raises:
             InvalidStepError: `step` is not a non-negative integer.
-            InvalidArgumentError: `metrics_dict` lacks `best_metric` or holds a non-number.
+            InvalidArgumentError: `metrics_dict` lacks `best_metric` or holds a non-number,
+                or `force` or `temporary` is not a bool.
             StepExistsError: `step` is on disk and `overwrite` is False.
             StepOrderError: `step` is below the latest step and `overwrite` is False.
             BackgroundWriteError: the previous save failed in the background.
@@ -305,6 +383,27 @@ class Checkpointer:
                 )
             step = _validate.step(step)
             metrics = _validate.metrics(metrics_dict, best_metric=self._retention.best_metric)
+            if not isinstance(force, bool):
+                raise InvalidArgumentError(
+                    f"force must be True or False, got {force!r}.", name="force", value=force
+                )
+            if temporary is not None and not isinstance(temporary, bool):
+                raise InvalidArgumentError(
+                    f"temporary must be True, False or None (the policy decides), got "
+                    f"{temporary!r}.",
+                    name="temporary",
+                    value=temporary,
+                )
+            now = time.monotonic()
+            decision = (
+                _policy.Decision.PERMANENT
+                if force
+                else _policy.decide(self._policy, self._last_save, step, now)
+            )
+            if decision is _policy.Decision.SKIP:
+                return False
+            if temporary is None:
+                temporary = decision is _policy.Decision.TEMPORARY
             started = time.perf_counter()
             self._finish_pending()
             listing = self._store.listing()
@@ -336,7 +435,10 @@ class Checkpointer:
             try:
                 if self._store.array_format == 1:  # object stores: TensorStore
                     self._pending_bytes = _diagnose.tree_bytes(tree)
-                    self._store.save_tree(step, tree, {"keys": keys}, metrics)
+                    self._telemetry.begin(
+                        step, started=started, temporary=temporary, fmt=1, size=self._pending_bytes
+                    )
+                    self._store.save_tree(step, tree, {"keys": keys}, metrics, temporary=temporary)
                 else:
                     snap = _format.snapshot(
                         tree,
@@ -346,11 +448,15 @@ class Checkpointer:
                         pool=self._staging_pool,
                     )
                     self._pending_bytes = snap.nbytes
-                    self._store.save(step, snap, {"keys": keys}, metrics)
+                    self._telemetry.begin(
+                        step, started=started, temporary=temporary, fmt=2, size=snap.nbytes
+                    )
+                    self._store.save(step, snap, {"keys": keys}, metrics, temporary=temporary)
             except TimeoutError:
                 self._pending_step = step  # later waits name it, and stay bounded
                 raise
             except Exception as exc:
+                self._telemetry.abandon(step)
                 self._recover_store()
                 raise BackgroundWriteError(
                     f"could not start saving step {step} to {self.directory}: "
@@ -362,6 +468,8 @@ class Checkpointer:
             self._pending_step = step
             self._restored_step = None
             self.last_save_seconds = time.perf_counter() - started
+            self._last_save = _policy.saved(self._last_save, step, now, temporary=temporary)
+            self._telemetry.returned(step, self.last_save_seconds)
             return True
 
     @property
@@ -393,6 +501,8 @@ class Checkpointer:
             raise
         except Exception as exc:
             self._pending_step = None
+            if step is not None:
+                self._telemetry.abandon(step)  # no figures for a step that never committed
             self._recover_store()
             raise BackgroundWriteError(
                 f"saving step {step} to {self.directory} failed in the background: "
@@ -583,7 +693,9 @@ class Checkpointer:
             step=step,
             best=best,
             best_metric=self._retention.best_metric,
-            best_step=lambda: best_step(self._store.checkpoints(), self._retention),
+            best_step=lambda: best_step(
+                self._store.checkpoints(), self._retention, temporary=self._store.temporary_steps()
+            ),
             exclude=exclude,
         )
 
@@ -701,6 +813,7 @@ class Checkpointer:
         )
         self.last_restore_report = report
         self._restored_step = step
+        self._last_save = _policy.restored(step, time.monotonic())
         level = logging.INFO if report.exact and report.all_params_restored else logging.WARNING
         logger.log(level, "roxxel: restored %s", report.summary())
 
@@ -815,7 +928,7 @@ class Checkpointer:
             if step != self._pending_step:
                 self._finish_pending()
                 if step not in self._store.all_steps():
-                    self.save(step, metrics_dict)
+                    self.save(step, metrics_dict, force=True)  # due whatever the policy
             self.close()
             return step
 
@@ -834,6 +947,7 @@ class Checkpointer:
                 self._finish_pending()
             finally:
                 self._closed = True
+                self._telemetry.close(self._timeout)  # the queued on_commit calls
                 self._staging_pool = _format.StagingPool()  # give its memory back now
                 _lifecycle.untrack(self)
                 try:
@@ -872,6 +986,10 @@ class Checkpointer:
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
         return f"Checkpointer({self.directory!r}, {state})"
+
+
+def _optional_seconds(value: object, name: str) -> float | None:
+    return None if value is None else _validate.positive_seconds(value, name=name)
 
 
 def _peer_hint() -> str:

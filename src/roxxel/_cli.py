@@ -223,6 +223,7 @@ def cmd_ls(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                 "metrics": dict(entry.metrics) if entry.metrics is not None else None,
                 "best": entry.best,
                 "latest": entry.latest,
+                "temporary": entry.temporary,
                 "size_bytes": entry.size_bytes,
                 "committed_at": entry.committed_at,
                 "integrity": (
@@ -252,7 +253,15 @@ def cmd_ls(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     header += ["SIZE", "AGE", "INTEGRITY"]
     rows: list[list[str]] = [header]
     for entry in entries:
-        marks = ",".join(m for m, on in (("best", entry.best), ("latest", entry.latest)) if on)
+        marks = ",".join(
+            m
+            for m, on in (
+                ("best", entry.best),
+                ("latest", entry.latest),
+                ("temporary", entry.temporary),
+            )
+            if on
+        )
         metrics = entry.metrics or {}
         rows.append(
             [

@@ -81,9 +81,10 @@ UNAVAILABLE: dict[str, tuple[bool, str, str]] = {
     ),
     "should_save": (
         True,
-        "Roxxel saves every step passed to save()",
-        "decide in the training loop (e.g. `if step % 100 == 0:`) and call "
-        "checkpointer.save(step, metrics_dict) instead",
+        "Roxxel's save policy belongs to the Checkpointer",
+        "create the Checkpointer with save_every=N or save_interval_s=T and call "
+        "checkpointer.should_save(step), or just checkpointer.save(step, metrics_dict), "
+        "which returns False when no save is due, instead",
     ),
     "reached_preemption": (
         True,

@@ -47,6 +47,7 @@ class StepEntry:
         layout: "roxxel", "orbax" (written by Orbax alone: read for migration), or "ignored"
             (a folder named like a step that is not a checkpoint; `note` says why).
         note: why an ignored folder is ignored.
+        temporary: True for a step saved as temporary (deleted once a newer step commits).
     """
 
     step: int
@@ -59,6 +60,7 @@ class StepEntry:
     latest: bool = False
     layout: str = "roxxel"
     note: str = ""
+    temporary: bool = False
 
 
 def leaf_bytes(spec: LeafSpec) -> int:
@@ -162,8 +164,10 @@ class CheckpointDir:
 
     @property
     def best(self) -> int | None:
-        """The committed step with the best finite `best_metric`, or None."""
-        return best_step(self._store.checkpoints(), self.retention)
+        """The committed permanent step with the best finite `best_metric`, or None."""
+        return best_step(
+            self._store.checkpoints(), self.retention, temporary=self._store.temporary_steps()
+        )
 
     def incomplete(self) -> list[tuple[int | None, str]]:
         """`(step, folder name)` of saves that never committed."""
@@ -173,7 +177,8 @@ class CheckpointDir:
         """Every committed step, every incomplete save and every ignored folder, by step."""
         listing = self.listing()
         checkpoints = self._store.checkpoints()
-        best = best_step(checkpoints, self.retention)
+        temporary = {step for step, _ in checkpoints if self._store.is_temporary(step)}
+        best = best_step(checkpoints, self.retention, temporary=temporary)
         latest = checkpoints[-1][0] if checkpoints else None
         result = []
         for step, metrics in checkpoints:
@@ -191,6 +196,7 @@ class CheckpointDir:
                     best=step == best,
                     latest=step == latest,
                     layout="roxxel" if folder is None else folder.layout,
+                    temporary=step in temporary,
                 )
             )
         for step_or_none, name in listing.pending:

@@ -105,13 +105,21 @@ def run_bounded(call: Callable[[], Any], *, timeout: float, name: str) -> thread
 
 
 class _RetentionPolicy:
-    """An Orbax preservation policy that defers to `_retention.steps_to_keep`."""
+    """An Orbax preservation policy that defers to `_retention.steps_to_keep`.
 
-    def __init__(self, retention: Retention) -> None:
+    Orbax asks it when a save starts (the new step included) and deletes what it does not
+    keep after that step commits: a temporary step is replaced, never lost.
+    """
+
+    def __init__(self, retention: Retention, is_temporary: Callable[[int], bool]) -> None:
         self.retention = retention
+        self.is_temporary = is_temporary
 
     def should_preserve(self, checkpoints: Sequence[Any], *, context: Any) -> Sequence[bool]:
-        keep = steps_to_keep([(c.step, c.metrics) for c in checkpoints], self.retention)
+        temporary = {c.step for c in checkpoints if self.is_temporary(c.step)}
+        keep = steps_to_keep(
+            [(c.step, c.metrics) for c in checkpoints], self.retention, temporary=temporary
+        )
         return [c.step in keep for c in checkpoints]
 
 
@@ -158,6 +166,14 @@ class _ArraysSave(ocp.args.CheckpointArgs):  # type: ignore[misc]
 @dataclasses.dataclass
 class _ArraysRestore(ocp.args.CheckpointArgs):  # type: ignore[misc]
     """Registered because Orbax requires a pair; Roxxel reads around Orbax (`Store.read`)."""
+
+
+def _meta(version: int, meta: Mapping[str, Any], temporary: bool) -> dict[str, Any]:
+    """A step's META_ITEM record; `"temporary": true` only on temporary steps."""
+    record = {"format": version, **meta}
+    if temporary:
+        record["temporary"] = True
+    return record
 
 
 def _ranking_value(retention: Retention) -> Any:
@@ -215,10 +231,22 @@ class _Manager(ocp.CheckpointManager):  # type: ignore[misc]  # Orbax ships no s
     every reload, and lets anything but a missing file escape: one damaged or hostile metrics
     file would make the whole directory unopenable. Here such a file counts as "no metrics"
     (logged), which retention already handles.
+
+    Private Orbax methods overridden: `_finalize` (empty the trash after deletions),
+    `_finalize_checkpoint` (report the commit: Orbax calls it on its finalize thread only
+    once the step's commit thread finished without error, before old steps are deleted) and
+    `_get_metrics`.
     """
 
     # Set by Store: empties TRASH right after Orbax moved the deleted steps there.
     after_delete: Callable[[], None] | None = None
+    # Set by Store: told the step as soon as it is committed (on Orbax's finalize thread).
+    after_commit: Callable[[int], None] | None = None
+
+    def _finalize_checkpoint(self, step: int) -> None:
+        super()._finalize_checkpoint(step)
+        if self.after_commit is not None:
+            self.after_commit(step)
 
     def _finalize(self, step: int, steps_to_remove: list[int]) -> None:
         super()._finalize(step, steps_to_remove)  # on Orbax's save_finalize thread
@@ -281,6 +309,10 @@ class Store:
         self._idle.set()
         self._saver: threading.Thread | None = None
         self._array_handler = _ArrayHandler()
+        # step -> saved as temporary (read from each step's META_ITEM once, then kept).
+        self._temporary: dict[int, bool] = {}
+        self._temporary_lock = threading.Lock()
+        self.on_commit: Callable[[int], None] | None = None  # set by the Checkpointer
         # The format new steps are written in: Roxxel's files locally, TensorStore on object
         # stores (see `save_tree`) and when zstd compression is asked for (format 2 has none).
         self.array_format = (
@@ -288,6 +320,8 @@ class Store:
         )
         with self._parsing(None):
             self._manager = self._open()
+        if not read_only:
+            self.temporary_steps()  # known before retention first runs, off Orbax's threads
 
     def _open(self) -> ocp.CheckpointManager:
         atomicity = (
@@ -296,7 +330,7 @@ class Store:
             else None
         )
         options = ocp.CheckpointManagerOptions(
-            preservation_policy=_RetentionPolicy(self.retention),
+            preservation_policy=_RetentionPolicy(self.retention, self.is_temporary),
             best_fn=_ranking_value(self.retention),
             best_mode=self.retention.best_mode,
             create=not self.read_only,
@@ -324,7 +358,18 @@ class Store:
         )
         if options.todelete_subdir is not None:
             manager.after_delete = self.empty_trash
+        manager.after_commit = self._committed
         return manager
+
+    def _committed(self, step: int) -> None:
+        """Orbax's finalize thread: `step` is committed. A failing hook never fails the save."""
+        hook = self.on_commit
+        if hook is None:
+            return
+        try:
+            hook(step)
+        except Exception:  # the step is committed; the hook's failure is only reported
+            logger.exception("roxxel: reporting the commit of step %d failed", step)
 
     # ----------------------------------------------------------------- what is on disk
     def listing(self) -> _directory.Listing:
@@ -404,6 +449,39 @@ class Store:
     def checkpoints(self) -> list[tuple[int, dict[str, float] | None]]:
         """`(step, metrics)` for every committed step (migrated layouts too), ascending."""
         return [(step, self.metrics(step)) for step in self.listing().steps]
+
+    def is_temporary(self, step: int) -> bool:
+        """Whether `step` was saved as temporary (recorded in its META_ITEM).
+
+        Known for the steps this Store saved; read once for the others (a local step's small
+        JSON file directly, so that Orbax's threads may ask too). Unreadable: permanent, the
+        rule that deletes less.
+        """
+        with self._temporary_lock:
+            known = self._temporary.get(step)
+        if known is not None:
+            return known
+        temporary = self._read_temporary(step)
+        with self._temporary_lock:
+            self._temporary[step] = temporary
+        return temporary
+
+    def _read_temporary(self, step: int) -> bool:
+        if _paths.is_url(self.directory):
+            try:
+                return self.meta(step).get("temporary") is True
+            except Exception:  # noqa: BLE001  unreadable: counted as permanent
+                return False
+        try:
+            with open(os.path.join(self.step_dir(step), META_ITEM, "metadata"), "rb") as f:
+                meta = json.loads(f.read(1 << 20))
+        except (OSError, ValueError):
+            return False
+        return isinstance(meta, Mapping) and meta.get("temporary") is True
+
+    def temporary_steps(self) -> set[int]:
+        """The committed steps saved as temporary."""
+        return {step for step in self.all_steps() if self.is_temporary(step)}
 
     def format_of(self, step: int) -> int:
         """The format of a committed step: 2 (Roxxel's files), 1 (0.1.0, TensorStore) or 0
@@ -498,6 +576,8 @@ class Store:
         snap: _format.Snapshot,
         meta: Mapping[str, Any],
         metrics: Mapping[str, float] | None,
+        *,
+        temporary: bool = False,
     ) -> None:
         """Start saving `snap` as `step` (format 2, `array_format == 2`) and return at once.
 
@@ -508,9 +588,10 @@ class Store:
         args = ocp.args.Composite(
             **{
                 ARRAYS_ITEM: _ArraysSave(snap),
-                META_ITEM: ocp.args.JsonSave({"format": FORMAT_VERSION, **meta}),
+                META_ITEM: ocp.args.JsonSave(_meta(FORMAT_VERSION, meta, temporary)),
             }
         )
+        self._set_temporary(step, temporary)
         self._saving_step = step
         self._save_error = None
         metrics = dict(metrics or {})
@@ -549,6 +630,8 @@ class Store:
         tree: Mapping[str, Any],
         meta: Mapping[str, Any],
         metrics: Mapping[str, float] | None,
+        *,
+        temporary: bool = False,
     ) -> None:
         """Start saving `tree` in format 1 (TensorStore through Orbax): object stores, and
         `compression=True` (zstd, which format 2 does not offer).
@@ -562,9 +645,10 @@ class Store:
         args = ocp.args.Composite(
             **{
                 STATE_ITEM: ocp.args.PyTreeSave(nest(tree)),
-                META_ITEM: ocp.args.JsonSave({"format": 1, **meta}),
+                META_ITEM: ocp.args.JsonSave(_meta(1, meta, temporary)),
             }
         )
+        self._set_temporary(step, temporary)
         self._saving_step = step
         self._save_error = None
         self._bounded(
@@ -641,9 +725,16 @@ class Store:
                 exc,
             )
 
+    def _set_temporary(self, step: int, temporary: bool) -> None:
+        """Known before Orbax's save starts: retention is asked then, the new step included."""
+        with self._temporary_lock:
+            self._temporary[step] = temporary
+
     def delete(self, step: int) -> None:
         """Delete a committed step."""
         self._manager.delete(step)
+        with self._temporary_lock:
+            self._temporary.pop(step, None)
 
     def is_saving(self) -> bool:
         return (

@@ -7,6 +7,12 @@ A checkpoint is kept when any of these holds:
 * its step is a multiple of `keep_every` (kept forever, like Orbax's `EveryNSteps`);
 * it is the newest step of all (resuming always has a checkpoint to go back to).
 
+A *temporary* step (saved by a time-based policy, `_policy`, or with `temporary=True`) is kept
+only while it is the newest step: it never counts against `max_to_keep`, is never best and
+never a milestone, and it goes once a newer step commits. Orbax asks the policy when the newer
+step's save starts and deletes after that step commits, so a temporary step is never deleted
+before its replacement is on disk.
+
 Only finite metric values can be best: NaN and infinities rank after every finite value, so a
 diverged run never evicts a good checkpoint. Ties go to the earlier step, as in Lightning's
 `ModelCheckpoint`, which replaces a kept checkpoint only with a strictly better one.
@@ -16,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Literal
 
 BestMode = Literal["min", "max"]
@@ -56,11 +62,16 @@ def metric_of(metrics: Mapping[str, float] | None, retention: Retention) -> floa
 
 
 def ranked_best(
-    checkpoints: Sequence[tuple[int, Mapping[str, float] | None]], retention: Retention
+    checkpoints: Sequence[tuple[int, Mapping[str, float] | None]],
+    retention: Retention,
+    *,
+    temporary: Collection[int] = (),
 ) -> list[int]:
-    """Steps with a finite metric, best first; ties keep the earlier step first."""
+    """Permanent steps with a finite metric, best first; ties keep the earlier step first."""
     scored = []
     for step, metrics in checkpoints:
+        if step in temporary:
+            continue
         value = metric_of(metrics, retention)
         if value is not None:
             scored.append((value if retention.best_mode == "min" else -value, step))
@@ -69,27 +80,42 @@ def ranked_best(
 
 
 def best_step(
-    checkpoints: Sequence[tuple[int, Mapping[str, float] | None]], retention: Retention
+    checkpoints: Sequence[tuple[int, Mapping[str, float] | None]],
+    retention: Retention,
+    *,
+    temporary: Collection[int] = (),
 ) -> int | None:
-    """The best step, or None if no checkpoint has a finite value of the metric."""
-    ranked = ranked_best(checkpoints, retention)
+    """The best permanent step, or None if none has a finite value of the metric."""
+    ranked = ranked_best(checkpoints, retention, temporary=temporary)
     return ranked[0] if ranked else None
 
 
 def steps_to_keep(
-    checkpoints: Sequence[tuple[int, Mapping[str, float] | None]], retention: Retention
+    checkpoints: Sequence[tuple[int, Mapping[str, float] | None]],
+    retention: Retention,
+    *,
+    temporary: Collection[int] = (),
 ) -> set[int]:
-    """The steps that `retention` keeps among `checkpoints` (the rest may be deleted)."""
+    """The steps that `retention` keeps among `checkpoints` (the rest may be deleted).
+
+    Args:
+        checkpoints: `(step, metrics)` of every step, the one being saved included.
+        retention: the rules.
+        temporary: the steps saved as temporary; only the newest step of all can be one
+            that is kept.
+    """
     steps = sorted({step for step, _ in checkpoints})
     if not steps:
         return set()
     keep = {steps[-1]}
+    permanent = [step for step in steps if step not in temporary]
     if retention.max_to_keep is None:
-        keep.update(steps)
+        keep.update(permanent)
     else:
-        keep.update(steps[-retention.max_to_keep :] if retention.max_to_keep > 0 else [])
+        keep.update(permanent[-retention.max_to_keep :] if retention.max_to_keep > 0 else [])
     if retention.keep_best > 0:
-        keep.update(ranked_best(checkpoints, retention)[: retention.keep_best])
+        ranked = ranked_best(checkpoints, retention, temporary=temporary)
+        keep.update(ranked[: retention.keep_best])
     if retention.keep_every is not None:
-        keep.update(step for step in steps if step % retention.keep_every == 0)
+        keep.update(step for step in permanent if step % retention.keep_every == 0)
     return keep

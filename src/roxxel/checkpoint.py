@@ -28,6 +28,7 @@ from ._errors import (
 )
 from ._integrity import StepIntegrity, verify
 from ._restore import RestoreReport
+from ._telemetry import SaveStats
 from ._weights import load_weights
 
 __all__ = [
@@ -45,6 +46,7 @@ __all__ = [
     "RestoreMismatchError",
     "RestoreReport",
     "RoxxelError",
+    "SaveStats",
     "StepExistsError",
     "StepIntegrity",
     "StepNotFoundError",
