@@ -384,7 +384,7 @@ class Store:
         self._foreign = {f.step: f for f in listing.folders if f.layout != "roxxel"}
         ours = {f.step for f in listing.folders if f.layout == "roxxel"}
         with self._parsing(None):
-            if _paths.is_url(self.directory) or ours != set(self._manager.all_steps()):
+            if ours != set(self._manager.all_steps()):
                 self._manager.reload()
         return listing
 
