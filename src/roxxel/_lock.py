@@ -26,11 +26,12 @@ import threading
 import time
 from typing import Any
 
+from . import _layout
 from ._errors import CheckpointLockedError, CheckpointPathError
 
 logger = logging.getLogger("roxxel")
 
-LOCK_NAME = ".roxxel-writer.lock"
+LOCK_NAME = _layout.WRITER_LOCK
 
 _guard = threading.Lock()
 _held: dict[str, _Held] = {}
