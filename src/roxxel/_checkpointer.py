@@ -15,6 +15,7 @@ from flax import nnx
 
 from . import (
     _diagnose,
+    _extras,
     _format,
     _integrity,
     _lifecycle,
@@ -92,10 +93,18 @@ class Checkpointer:
             "view" on an accelerator, where capturing is the device-to-host copy anyway.
         staging_limit_bytes: with `staging="copy"`, copy at most this many bytes (the other
             arrays are held as views); bounds the host memory a save holds.
+        extras: more state saved in the same checkpoint, `{name: object}`: a Grain iterator
+            or any object with `get_state()`/`set_state(state)`, a dict of JSON values (a
+            config), an `nnx.Module`/`nnx.State` or a dict of arrays (EMA weights), a
+            `numpy.random.Generator`. Each `save()` captures them when called, with the
+            model; `restore()` sets them in place and reports each in
+            `last_restore_report.extras`. Names are simple identifiers; see the guide
+            "Extra state in the checkpoint".
 
     Raises:
         CheckpointPathError: `checkpoint_path` is a file, or cannot be created or written.
-        InvalidArgumentError: an option has the wrong type or value.
+        InvalidArgumentError: an option has the wrong type or value; an extra has a bad
+            name, is of no supported kind, or shares state with the model or another extra.
 
     Example:
         ```python
@@ -126,6 +135,7 @@ class Checkpointer:
         on_corrupt: OnCorrupt = "fallback",
         staging: Staging = "auto",
         staging_limit_bytes: int | None = None,
+        extras: Mapping[str, Any] | None = None,
     ) -> None:
         _validate.instance(
             model,
@@ -174,6 +184,7 @@ class Checkpointer:
                     f"{flag_name} must be True or False, got {flag!r}.", name=flag_name, value=flag
                 )
         self._read_only = read_only
+        self._extras = _extras.check(extras, model, optimizer, process_count=jax.process_count())
         self.directory = _paths.resolve(checkpoint_path, create=not read_only)
         self.model = model
         self.optimizer = optimizer
@@ -299,6 +310,8 @@ class Checkpointer:
             step = _validate.step(step)
             metrics = _validate.metrics(metrics_dict, best_metric=self._retention.best_metric)
             started = time.perf_counter()
+            # The extras' non-array state, copied now (the caller's thread is held here).
+            extra_states = _extras.capture(self._extras)
             self._finish_pending()
             steps = self._store.all_steps()
             if step in steps:
@@ -324,10 +337,13 @@ class Checkpointer:
                     latest=steps[-1],
                 )
             tree, keys = self._snapshot()
+            meta: dict[str, Any] = {"keys": keys}
+            if self._extras:
+                meta["extras"] = _extras.manifest(self._extras)
             try:
                 if self._store.array_format == 1:  # object stores: TensorStore
                     self._pending_bytes = _diagnose.tree_bytes(tree)
-                    self._store.save_tree(step, tree, {"keys": keys}, metrics)
+                    self._store.save_tree(step, tree, meta, metrics, extra_states)
                 else:
                     snap = _format.snapshot(
                         tree,
@@ -337,7 +353,7 @@ class Checkpointer:
                         pool=self._staging_pool,
                     )
                     self._pending_bytes = snap.nbytes
-                    self._store.save(step, snap, {"keys": keys}, metrics)
+                    self._store.save(step, snap, meta, metrics, extra_states)
             except TimeoutError:
                 self._pending_step = step  # later waits name it, and stay bounded
                 raise
@@ -368,12 +384,19 @@ class Checkpointer:
     def _snapshot(self) -> tuple[dict[str, Any], dict[str, str]]:
         tree: dict[str, Any] = {}
         keys: dict[str, str] = {}
-        for path, variable in _state.variables(self.model, self.optimizer).items():
+        for path, variable in self._variables().items():
             value = _state.value_of(variable)
             if _state.is_key(value):
                 keys[path] = _state.key_impl_name(value)
             tree[path] = _state.to_saved(value)
         return tree, keys
+
+    def _variables(self) -> dict[str, Any]:
+        """The live leaves: the model's and optimizer's Variables, then the array extras'."""
+        return {
+            **_state.variables(self.model, self.optimizer),
+            **_extras.variables(self._extras),
+        }
 
     def _finish_pending(self) -> None:
         """Wait for the save in flight; turn its failure into a BackgroundWriteError."""
@@ -657,7 +680,7 @@ class Checkpointer:
         on_mismatch: str,
         allow_partial: bool = False,
         exclude: set[int] = frozenset(),  # type: ignore[assignment]
-    ) -> tuple[_restore.RestorePlan, dict[str, _state.LeafSpec]] | None:
+    ) -> tuple[_restore.RestorePlan, dict[str, _state.LeafSpec], _extras.ExtrasPlan] | None:
         self._check_open()
         _validate.choice(on_mismatch, name="on_mismatch", options=("error", "skip"))
         if not isinstance(allow_partial, bool):
@@ -674,7 +697,7 @@ class Checkpointer:
         if chosen is None:
             self.last_restore_report = None
             return None
-        live = _state.variables(self.model, self.optimizer)
+        live = self._variables()
         current = {path: _state.spec_of(variable.get_value()) for path, variable in live.items()}
         params = {
             path
@@ -683,7 +706,14 @@ class Checkpointer:
         }
         saved = self._store.leaf_specs(chosen)
         planned = _restore.plan(chosen, saved, current, rename=renames, params=params)
-        report = planned.report
+        extras = _extras.plan(
+            chosen,
+            self._extras,
+            self._store.meta(chosen).get("extras", {}),
+            lambda: self._store.extras(chosen),
+        )
+        report = dataclasses.replace(planned.report, extras=extras.outcome)
+        planned = dataclasses.replace(planned, report=report)
         if report.mismatched and on_mismatch == "error":
             raise RestoreMismatchError(
                 _restore.mismatch_message(report, self.directory),
@@ -696,12 +726,17 @@ class Checkpointer:
                 mismatched=dict(report.mismatched),
                 report=report,
             )
-        return planned, saved
+        return planned, saved, extras
 
-    def _apply(self, planned: _restore.RestorePlan, saved: dict[str, _state.LeafSpec]) -> None:
+    def _apply(
+        self,
+        planned: _restore.RestorePlan,
+        saved: dict[str, _state.LeafSpec],
+        extras: _extras.ExtrasPlan,
+    ) -> None:
         """Read the planned leaves, convert them all, then set them: all or nothing."""
         step = planned.report.step
-        live = _state.variables(self.model, self.optimizer)
+        live = self._variables()
         targets = {
             source: _state.read_target(live[path].get_value(), saved[source])
             for path, source in planned.reads.items()
@@ -712,6 +747,7 @@ class Checkpointer:
             current = live[path].get_value()
             spec = _state.spec_of(current)
             new_values[path] = _state.from_saved(arrays[source], current, spec)
+        extras.apply()  # puts back what it set if one of them fails
         for path, value in new_values.items():
             live[path].set_value(value)
         report = dataclasses.replace(planned.report, applied=True)

@@ -264,6 +264,22 @@ class CheckpointDir:
         specs = self._store.leaf_specs(step)
         return {path: specs[path] for path in sorted(specs)}
 
+    def extras(self, step: int) -> dict[str, tuple[str, Any]]:
+        """The extras saved with `step`: `{name: (kind, state)}`, read without running anything.
+
+        `state` is the saved JSON state of a config, Grain iterator, `get_state()` object or
+        Generator (as `restore()` would set it); None for array extras, whose leaves are the
+        `extras/<name>/...` paths of `leaf_specs`. Steps saved without extras give `{}`.
+        """
+        from . import _extras
+
+        kinds = self._store.meta(step).get("extras", {})
+        states = self._store.extras(step) if kinds else {}
+        return {
+            str(name): (str(kind), _extras.decode(states[name]) if name in states else None)
+            for name, kind in kinds.items()
+        }
+
     def read_chunks(
         self, step: int, paths: Iterable[str], *, chunk_bytes: int = 64 << 20
     ) -> Iterator[dict[str, np.ndarray[Any, Any]]]:

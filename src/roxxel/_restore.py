@@ -58,6 +58,10 @@ class RestoreReport:
         params_total: how many parameters the model has (0 when not known, as in a plan made
             without them).
         applied: False for a dry run or a restore that stopped on an error.
+        extras: what happened to each extra (`Checkpointer(extras=...)`), by name: "restored";
+            "absent" (passed now, not in the checkpoint: it keeps its current state); "unused"
+            (in the checkpoint, not passed now). The leaves of array extras
+            (`extras/<name>/...`) are also listed leaf by leaf above.
     """
 
     step: int
@@ -75,6 +79,7 @@ class RestoreReport:
     params_restored: int = 0
     params_total: int = 0
     applied: bool = False
+    extras: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
     @property
     def exact(self) -> bool:
@@ -86,6 +91,7 @@ class RestoreReport:
             or self.cast
             or self.renamed
             or self.withheld
+            or any(outcome != "restored" for outcome in self.extras.values())
         )
 
     @property
@@ -117,6 +123,8 @@ class RestoreReport:
         line = f"{verb} {self.step}: " + ", ".join(parts)
         if not self.exact and self.params_text():
             line += "; " + self.params_text()
+        if self.extras:
+            line += "; extras: " + ", ".join(f"{k} {v}" for k, v in self.extras.items())
         if self.suggested_rename:
             line += (
                 "; some missing leaves are on disk under another name: restore with "
@@ -152,6 +160,7 @@ class RestoreReport:
             "params_restored": self.params_restored,
             "params_total": self.params_total,
             "suggested_rename": dict(self.suggested_rename),
+            "extras": dict(self.extras),
         }
 
     def __str__(self) -> str:
@@ -168,7 +177,16 @@ class RestoreReport:
             lines.append(f"  renamed     {path}  <- {saved_path}")
         for path, why in self.withheld.items():
             lines.append(f"  withheld    {path}  (in the checkpoint; not restored: {why})")
+        for name, outcome in self.extras.items():
+            lines.append(f"  extra       {name}  {_EXTRA_TEXT.get(outcome, outcome)}")
         return "\n".join(lines)
+
+
+_EXTRA_TEXT = {
+    "restored": "restored",
+    "absent": "absent (not in the checkpoint; keeps its current state)",
+    "unused": "unused (in the checkpoint; not passed to this Checkpointer)",
+}
 
 
 @dataclasses.dataclass(frozen=True)
