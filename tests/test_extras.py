@@ -213,6 +213,7 @@ def test_pytree_of_arrays_is_restored_into_its_dicts_and_lists(tmp_path: Path) -
         "history": [np.arange(4, dtype=np.int32), jnp.ones(2, jnp.bfloat16)],
         "count": 7,
         "key": jax.random.key(3),
+        "unset": None,  # an empty subtree, as in JAX: skipped
     }
     into = {
         "mean": jnp.zeros((2, 3)),
@@ -684,3 +685,26 @@ def test_roxxel_show_lists_the_extras(tmp_path: Path, capsys: pytest.CaptureFixt
     assert by_name["ema"]["state"] is None and by_name["ema"]["kind"] == "nnx"
     assert by_name["rng"]["state"]["bit_generator"] == "PCG64"
     assert by_name["data"]["kind"] == "grain"
+
+
+def test_a_malformed_saved_state_is_reported_as_corrupt_not_raised_raw(tmp_path: Path) -> None:
+    """Content that passes its checksums (rewritten, then re-recorded) but does not decode."""
+    from roxxel import _integrity
+
+    model, optimizer = make(0)
+    with Checkpointer(str(tmp_path), model, optimizer, extras={"counter": Counter()}) as ck:
+        ck.save(1, {"loss": 1.0})
+    path = tmp_path / "1" / "extras" / "metadata"
+    saved = json.loads(path.read_text())
+    saved["counter"]["table"] = {"__roxxel__": "numpy", "dtype": "<i8"}  # no data
+    path.write_text(json.dumps(saved))
+    _integrity.record(str(tmp_path / "1"))
+
+    fresh = Counter()
+    with Checkpointer(str(tmp_path), *make(1), extras={"counter": fresh}) as ck:
+        with pytest.raises(CorruptCheckpointError, match=r"the state of 'counter' is malformed"):
+            ck.restore(step=1)
+    assert fresh.count == 0
+    with CheckpointDir(str(tmp_path)) as checkpoints:
+        with pytest.raises(CorruptCheckpointError, match="extras/metadata"):
+            checkpoints.extras(1)

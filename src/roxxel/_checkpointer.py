@@ -279,8 +279,9 @@ class Checkpointer:
         """Start saving the current model and optimizer as `step`; returns without waiting.
 
         The state is captured when `save()` is called: later training steps, even ones that
-        donate their buffers, do not change what is written. If the previous save is still
-        being written, this call first waits for it (one save is in flight at a time).
+        donate their buffers, do not change what is written; so are the `extras` (a copy of
+        each state, taken in this call). If the previous save is still being written, this
+        call first waits for it (one save is in flight at a time).
 
         Args:
             step: the training step, a non-negative integer (NumPy and JAX integers work).
@@ -294,7 +295,8 @@ class Checkpointer:
 
         Raises:
             InvalidStepError: `step` is not a non-negative integer.
-            InvalidArgumentError: `metrics_dict` lacks `best_metric` or holds a non-number.
+            InvalidArgumentError: `metrics_dict` lacks `best_metric` or holds a non-number; or
+                an extra's state holds a value JSON cannot keep (nothing is written).
             StepExistsError: `step` is on disk and `overwrite` is False.
             StepOrderError: `step` is below the latest step and `overwrite` is False.
             BackgroundWriteError: the previous save failed in the background.
@@ -473,6 +475,8 @@ class Checkpointer:
         values. What happened, leaf by leaf, is in `last_restore_report`, and its one-line
         summary is logged (a warning unless the restore was exact, and always when not every
         parameter was restored). Either every planned leaf is set or, on any error, none is.
+        The `extras` are restored with the model, in place; `last_restore_report.extras` says
+        which were restored, absent from the checkpoint (they keep their state) or unused.
 
         A restore that would set none of the model's parameters (`nnx.Param`), such as after
         the model was moved under a parent module (`self.inner = Net(...)`, so every path
@@ -506,7 +510,8 @@ class Checkpointer:
             NoCheckpointError: `best=True` but no checkpoint has a finite `best_metric`.
             RestoreMismatchError: a saved leaf's shape differs and `on_mismatch="error"`; or
                 none of the model's parameters would be restored and `allow_partial` is False
-                (the message gives the `rename=` when the paths only moved).
+                (the message gives the `rename=` when the paths only moved); or an extra was
+                saved as a kind its current object cannot take.
             InvalidArgumentError: a `rename` key names nothing in the current model (the
                 message gives the reversed map when that is the likely slip).
             CorruptCheckpointError: the step's files fail their checksums (checked before
@@ -711,6 +716,7 @@ class Checkpointer:
             self._extras,
             self._store.meta(chosen).get("extras", {}),
             lambda: self._store.extras(chosen),
+            path=self._store.step_dir(chosen),
         )
         report = dataclasses.replace(planned.report, extras=extras.outcome)
         planned = dataclasses.replace(planned, report=report)

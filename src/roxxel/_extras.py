@@ -39,7 +39,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from ._errors import InvalidArgumentError, RestoreMismatchError
+from ._errors import CorruptCheckpointError, InvalidArgumentError, RestoreMismatchError
 
 logger = logging.getLogger("roxxel")
 
@@ -260,6 +260,8 @@ def _leaves(extra: Extra) -> dict[str, Any]:
     found: dict[str, Any] = {}
 
     def walk(path: str, node: Any, parent: Any, key: Any) -> None:
+        if node is None:  # an empty subtree, as in JAX
+            return
         if isinstance(node, nnx.Variable):
             found[path] = node
         elif isinstance(node, nnx.Pytree):
@@ -272,7 +274,7 @@ def _leaves(extra: Extra) -> dict[str, Any]:
         elif isinstance(node, list):
             for index, child in enumerate(node):
                 walk(f"{path}/{index}", child, node, index)
-        elif isinstance(node, (*_ARRAY_TYPES, *_JSON_SCALARS)) and node is not None:
+        elif isinstance(node, (*_ARRAY_TYPES, *_JSON_SCALARS)):
             if parent is None or not isinstance(parent, (MutableMapping, list)):
                 raise _invalid(
                     extra.name,
@@ -408,6 +410,23 @@ def decode(value: Any) -> Any:
     raise ValueError(f"unknown tag {tag!r} in a saved extra")
 
 
+def decode_saved(value: Any, *, step: int, name: str, path: str) -> Any:
+    """`decode` of a state read from disk; malformed content raises `CorruptCheckpointError`."""
+    try:
+        return decode(value)
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+        why = f"{type(exc).__name__}: {exc}"
+        problem = f"extras/metadata: the state of {name!r} is malformed ({why})"
+        raise CorruptCheckpointError(
+            f"step {step} in {path} cannot be restored: {problem}. Nothing was changed. To fix: "
+            "restore another step with restore(step=N), or run `roxxel verify` on the "
+            "directory.",
+            step=step,
+            path=path,
+            problems=(problem,),
+        ) from exc
+
+
 def _hashable(key: Any) -> Any:
     return tuple(_hashable(k) for k in key) if isinstance(key, (list, tuple)) else key
 
@@ -465,10 +484,13 @@ def plan(
     extras: Mapping[str, Extra],
     saved: Mapping[str, str],
     load_states: Callable[[], Mapping[str, Any]],
+    *,
+    path: str,
 ) -> ExtrasPlan:
     """Match the extras passed now against the step's record `saved` (`{name: kind}`).
 
-    `load_states` reads the step's JSON states; it is called only when one is needed.
+    `load_states` reads the step's JSON states; it is called only when one is needed. `path`
+    (the step's folder) is named in errors.
 
     Raises:
         RestoreMismatchError: an extra's saved kind cannot be restored into its current
@@ -509,7 +531,7 @@ def plan(
                     mismatched={},
                     report=None,
                 )
-            states[name] = decode(loaded[name])
+            states[name] = decode_saved(loaded[name], step=step, name=name, path=path)
         for name in wanted:
             _check_rng(step, extras[name], states[name])
     return ExtrasPlan(outcome=outcome, states=states, extras=extras)

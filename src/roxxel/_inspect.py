@@ -275,8 +275,14 @@ class CheckpointDir:
 
         kinds = self._store.meta(step).get("extras", {})
         states = self._store.extras(step) if kinds else {}
+        where = os.path.join(self.directory, str(step))
         return {
-            str(name): (str(kind), _extras.decode(states[name]) if name in states else None)
+            str(name): (
+                str(kind),
+                _extras.decode_saved(states[name], step=step, name=name, path=where)
+                if name in states
+                else None,
+            )
             for name, kind in kinds.items()
         }
 
