@@ -708,3 +708,20 @@ def test_a_malformed_saved_state_is_reported_as_corrupt_not_raised_raw(tmp_path:
     with CheckpointDir(str(tmp_path)) as checkpoints:
         with pytest.raises(CorruptCheckpointError, match="extras/metadata"):
             checkpoints.extras(1)
+
+
+def test_a_hostile_extras_record_is_corrupt_not_a_crash(tmp_path: Path) -> None:
+    from roxxel import _integrity
+
+    model, optimizer = make(0)
+    with Checkpointer(str(tmp_path), model, optimizer, extras={"config": {"a": 1}}) as ck:
+        ck.save(1, {"loss": 1.0})
+    path = tmp_path / "1" / "roxxel" / "metadata"
+    meta = json.loads(path.read_text())
+    assert meta["extras"] == {"config": "json"}
+    meta["extras"] = {"config": ["not", "a", "kind"]}
+    path.write_text(json.dumps(meta))
+    _integrity.record(str(tmp_path / "1"))
+    with Checkpointer(str(tmp_path), *make(1), extras={"config": {}}) as ck:
+        with pytest.raises(CorruptCheckpointError, match="not a Roxxel record"):
+            ck.restore(step=1)

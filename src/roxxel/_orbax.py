@@ -428,7 +428,9 @@ class Store:
             )
             meta = result[META_ITEM] or {}
             if not isinstance(meta, Mapping) or not all(
-                isinstance(meta.get(field, {}), Mapping) for field in ("keys", "extras")
+                isinstance(meta.get(field, {}), Mapping)
+                and all(isinstance(v, str) for v in meta.get(field, {}).values())
+                for field in ("keys", "extras")
             ):
                 raise TypeError(f"{META_ITEM}/metadata is not a Roxxel record: {meta!r:.200}")
         self._meta_memo = None if key is None else (key, dict(meta))
