@@ -4,15 +4,19 @@ Run it with `bash scripts/demo.sh` (or `python demo/train_digits.py` inside the 
 
 1. trains a small Flax NNX MLP on scikit-learn's 8x8 digits in a child process, without
    interruption, saving asynchronously (with loss and accuracy) every `--save-every` steps;
+   the batches come from a shuffled Grain `DataLoader`, whose iterator is saved in the same
+   checkpoint (`extras={"data": ...}`);
 2. trains the same run again in a second child and sends it a real SIGTERM midway: the
    Checkpointer commits the save in flight and the process exits with status 143;
 3. starts a third process that restores the newest checkpoint and finishes the run;
 4. shows that the resumed run's final model and optimizer equal the uninterrupted run's,
-   bit for bit, prints how long `save()` blocked against a synchronous save, the accuracy,
-   and the `roxxel ls` table of the preempted run's checkpoint directory.
+   bit for bit, and that both data iterators stand at the same place (the same next batch),
+   prints how long `save()` blocked against a synchronous save, the accuracy, and the
+   `roxxel ls` table of the preempted run's checkpoint directory.
 
-Training is deterministic: the batch of step `s` is a function of `s` alone, and a resumed
-run continues from the restored step, so the two runs must end identical.
+Training is deterministic: the loader shuffles with a fixed seed, and a resumed run restores
+the iterator's position with the model, so it sees exactly the batches the uninterrupted run
+saw after that step, and the two runs must end identical.
 
 Options: `--steps`, `--save-every` (smaller numbers for a quick run), `--workdir`.
 """
@@ -62,6 +66,50 @@ def build_wider() -> tuple[Any, Any]:
     return build(hidden=2 * HIDDEN)
 
 
+class Digits:
+    """The training split as a Grain data source: record `i` is `{"x": image, "y": label}`."""
+
+    def __init__(self, data_path: str) -> None:
+        import numpy as np
+
+        data = np.load(data_path)
+        self.x, self.y = data["x_train"], data["y_train"]
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return {"x": self.x[index], "y": self.y[index]}
+
+    def __repr__(self) -> str:
+        # A DataLoader's saved state holds repr(data_source) and set_state() compares it: it
+        # must not hold a memory address, which differs in the resumed process.
+        return f"Digits({len(self)} records)"
+
+
+def loader(data_path: str, seed: int = 0) -> Any:
+    """A shuffled Grain DataLoader over the training split, in batches of `BATCH`, forever
+    (a new order each epoch)."""
+    import grain
+
+    source = Digits(data_path)
+    return grain.DataLoader(
+        data_source=source,
+        sampler=grain.samplers.IndexSampler(
+            num_records=len(source),
+            shuffle=True,
+            seed=seed,
+            num_epochs=None,
+            shard_options=grain.sharding.NoSharding(),
+        ),
+        operations=[grain.transforms.Batch(BATCH, drop_remainder=True)],
+        worker_count=0,
+        # Records are read in this process, without reader threads: 12 ms a batch here against
+        # 37 ms with Grain's default 16 threads on a busy 2-core host.
+        read_options=grain.ReadOptions(num_threads=0),
+    )
+
+
 def load_digits(workdir: Path) -> Path:
     """Split the digits once (fixed seed) into a file the training processes share."""
     import numpy as np
@@ -90,15 +138,8 @@ def train(directory: str, data_path: str, steps: int, save_every: int, label: st
     from roxxel.checkpoint import Checkpointer
 
     data = np.load(data_path)
-    x_train, y_train = data["x_train"], data["y_train"]
     x_test, y_test = jnp.asarray(data["x_test"]), jnp.asarray(data["y_test"])
-    per_epoch = len(x_train) // BATCH
-
-    def batch_of(step: int) -> tuple[Any, Any]:
-        # The batch is a function of the step alone: a resumed run sees the same data.
-        order = np.random.default_rng(step // per_epoch).permutation(len(x_train))
-        index = order[(step % per_epoch) * BATCH : (step % per_epoch + 1) * BATCH]
-        return jnp.asarray(x_train[index]), jnp.asarray(y_train[index])
+    batches = iter(loader(data_path))
 
     @nnx.jit
     def train_step(model: Any, optimizer: Any, x: Any, y: Any) -> Any:
@@ -116,7 +157,8 @@ def train(directory: str, data_path: str, steps: int, save_every: int, label: st
     model, optimizer = build()
     # `with` closes the Checkpointer on any exit, SIGTERM included: the save in flight is
     # committed first. (The default on_sigterm="exit" turns SIGTERM into SystemExit(143).)
-    with Checkpointer(directory, model, optimizer, max_to_keep=3) as ck:
+    # The data iterator is saved with the model, so a resumed run continues its order.
+    with Checkpointer(directory, model, optimizer, max_to_keep=3, extras={"data": batches}) as ck:
         start = ck.restore()  # the number of steps already trained; 0 on a fresh start
         print(f"[{label}] " + (f"resumed from step {start}" if start else "fresh start"))
         blocked: list[float] = []
@@ -125,7 +167,9 @@ def train(directory: str, data_path: str, steps: int, save_every: int, label: st
         try:
             for step in range(start, steps):
                 began = time.perf_counter()
-                loss = train_step(model, optimizer, *batch_of(step))
+                batch = next(batches)
+                x, y = jnp.asarray(batch["x"]), jnp.asarray(batch["y"])
+                loss = train_step(model, optimizer, x, y)
                 jax.block_until_ready(loss)
                 step_times.append(time.perf_counter() - began)
                 done = step + 1
@@ -211,8 +255,9 @@ def _run(
     return process.wait(timeout=max(1.0, deadline - time.monotonic())), result, saves
 
 
-def _final_state(directory: Path) -> dict[str, Any]:
-    """Restore the newest checkpoint of `directory` into a fresh model; its leaves by path."""
+def _final_state(directory: Path, data: Path) -> tuple[dict[str, Any], Any]:
+    """Restore the newest checkpoint of `directory` into a fresh model and a fresh data
+    iterator: the model's leaves by path, and the batch the iterator would give next."""
     import logging
 
     import numpy as np
@@ -223,10 +268,14 @@ def _final_state(directory: Path) -> dict[str, Any]:
     logging.getLogger("absl").setLevel(logging.ERROR)  # Orbax notes that it opens read-only
 
     model, optimizer = build(seed=1)  # other initial values: everything must come from disk
-    with Checkpointer(str(directory), model, optimizer, read_only=True) as ck:
+    batches = iter(loader(str(data)))
+    with Checkpointer(
+        str(directory), model, optimizer, read_only=True, extras={"data": batches}
+    ) as ck:
         ck.restore()
     leaves = nnx.to_flat_state(nnx.state((model, optimizer)))
-    return {"/".join(map(str, path)): np.asarray(v.get_value()) for path, v in leaves}
+    state = {"/".join(map(str, path)): np.asarray(v.get_value()) for path, v in leaves}
+    return state, next(batches)
 
 
 def demo(args: argparse.Namespace) -> int:
@@ -269,13 +318,18 @@ def demo(args: argparse.Namespace) -> int:
         return 1
 
     print("\n4) Results")
-    a, b = _final_state(uninterrupted), _final_state(preempted)
+    (a, next_a), (b, next_b) = _final_state(uninterrupted, data), _final_state(preempted, data)
     same = sorted(a) == sorted(b) and all(
         a[k].dtype == b[k].dtype and a[k].tobytes() == b[k].tobytes() for k in a
     )
+    same_data = all(next_a[k].tobytes() == next_b[k].tobytes() for k in ("x", "y"))
     print(
         f"   resumed from step {resumed['start']}; final model and optimizer "
         f"({len(a)} arrays) equal the uninterrupted run's bit for bit: {same}"
+    )
+    print(
+        "   the data iterators, restored from both runs' last checkpoints, give the same next "
+        f"batch: {same_data}"
     )
     blocked = sorted(full["blocked"] + resumed["blocked"])
     if blocked:
@@ -301,7 +355,7 @@ def demo(args: argparse.Namespace) -> int:
         f"  {roxxel} diff {preempted} --model demo/train_digits.py:build_wider\n"
         f"  {roxxel} export {preempted} weights.safetensors"
     )
-    return 0 if same and listing.returncode == 0 else 1
+    return 0 if same and same_data and listing.returncode == 0 else 1
 
 
 def main() -> int:

@@ -411,3 +411,35 @@ def test_roxxel_open_reads_the_bucket(store: tuple[str, servers.Server]) -> None
     assert ckpt.metrics(1) == {"loss": 1.0}
     for name, array in saved.items():
         np.testing.assert_array_equal(ckpt.read(name), array, err_msg=name)
+
+
+@pytest.mark.slow
+def test_extras_travel_with_the_step_on_object_stores(store: tuple[str, servers.Server]) -> None:
+    """Format 1 (TensorStore) carries array extras as leaves and the others as a JSON item."""
+    import grain
+    from flax import nnx
+
+    backend, server = store
+    url = fresh_url(backend)
+
+    def data() -> Iterator[object]:
+        return iter(grain.MapDataset.range(30).shuffle(seed=2).batch(4))
+
+    model, optimizer = make(0)
+    iterator, config, ema = data(), {"lr": 0.1, "seed": 2**64 + 3}, nnx.clone(make(5)[0])
+    next(iterator)
+    extras = {"data": iterator, "config": config, "ema": ema}
+    with Checkpointer(url, model, optimizer, extras=extras) as ck:
+        ck.save(1, {"loss": 1.0})
+    expected = [np.asarray(next(iterator)).tolist() for _ in range(3)]
+    assert "1/extras/metadata" in object_keys(backend, server, url)
+
+    model2, optimizer2 = make(1)
+    fresh = {"data": data(), "config": {}, "ema": nnx.clone(make(6)[0])}
+    with Checkpointer(url, model2, optimizer2, extras=fresh) as ck:
+        assert ck.restore() == 1
+        assert ck.last_restore_report is not None
+        assert set(ck.last_restore_report.extras.values()) == {"restored"}
+    assert [np.asarray(next(fresh["data"])).tolist() for _ in range(3)] == expected
+    assert fresh["config"] == config
+    assert_same_state(state_arrays(fresh["ema"]), state_arrays(ema))

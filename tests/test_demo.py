@@ -2,7 +2,8 @@
 
 Three real training processes: an uninterrupted run, a run preempted by a real SIGTERM, and
 its resumption in a new process; the demo itself checks that the resumed run ends bit for
-bit equal to the uninterrupted one and exits non-zero otherwise.
+bit equal to the uninterrupted one, with its shuffled Grain loader at the same place, and
+exits non-zero otherwise.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ def test_demo_preempts_resumes_and_matches(tmp_path: Path) -> None:
     resumed = re.search(r"^   \[resumed\] resumed from step (\d+)$", out, re.MULTILINE)
     assert resumed and int(resumed.group(1)) >= 60
     assert "equal the uninterrupted run's bit for bit: True" in out
+    # The shuffled Grain loader's position came back with the model (saved as an extra).
+    assert "give the same next batch: True" in out
     assert re.search(r"save\(\) blocked training for [\d.]+ ms .* a synchronous save", out)
     assert re.search(r"test accuracy: \d+\.\d+%", out)
     # It ends with the `roxxel ls` table of the preempted run.

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import threading
 import time
@@ -16,6 +15,7 @@ from flax import nnx
 from . import (
     _diagnose,
     _directory,
+    _extras,
     _format,
     _inplace,
     _integrity,
@@ -108,10 +108,18 @@ class Checkpointer:
         on_commit: called with the `SaveStats` of every step once it is committed, on a
             thread of its own (it never delays a save or a commit); its exceptions are
             logged with their traceback.
+        extras: more state saved in the same checkpoint, `{name: object}`: a Grain iterator
+            or any object with `get_state()`/`set_state(state)`, a dict of JSON values (a
+            config), an `nnx.Module`/`nnx.State` or a dict of arrays (EMA weights), a
+            `numpy.random.Generator`. Each `save()` captures them when called, with the
+            model; `restore()` sets them in place and reports each in
+            `last_restore_report.extras`. Names are simple identifiers; see the guide
+            "Extra state in the checkpoint".
 
     Raises:
         CheckpointPathError: `checkpoint_path` is a file, or cannot be created or written.
-        InvalidArgumentError: an option has the wrong type or value.
+        InvalidArgumentError: an option has the wrong type or value; an extra has a bad
+            name, is of no supported kind, or shares state with the model or another extra.
 
     Example:
         ```python
@@ -146,6 +154,7 @@ class Checkpointer:
         save_interval_s: float | None = None,
         temporary_interval_s: float | None = None,
         on_commit: OnCommit | None = None,
+        extras: Mapping[str, Any] | None = None,
     ) -> None:
         _validate.instance(
             model,
@@ -207,6 +216,7 @@ class Checkpointer:
                     f"{flag_name} must be True or False, got {flag!r}.", name=flag_name, value=flag
                 )
         self._read_only = read_only
+        self._extras = _extras.check(extras, model, optimizer, process_count=jax.process_count())
         self.directory = _paths.resolve(checkpoint_path, create=not read_only)
         self.model = model
         self.optimizer = optimizer
@@ -344,8 +354,9 @@ class Checkpointer:
         """Start saving the current model and optimizer as `step`; returns without waiting.
 
         The state is captured when `save()` is called: later training steps, even ones that
-        donate their buffers, do not change what is written. If the previous save is still
-        being written, this call first waits for it (one save is in flight at a time).
+        donate their buffers, do not change what is written; so are the `extras` (a copy of
+        each state, taken in this call). If the previous save is still being written, this
+        call first waits for it (one save is in flight at a time).
 
         With `save_every`, `save_interval_s` or `temporary_interval_s` set, a call when no
         save is due returns False at once (after checking its arguments), so the loop may
@@ -368,7 +379,8 @@ class Checkpointer:
         Raises:
             InvalidStepError: `step` is not a non-negative integer.
             InvalidArgumentError: `metrics_dict` lacks `best_metric` or holds a non-number,
-                or `force` or `temporary` is not a bool.
+                or `force` or `temporary` is not a bool; or an extra's state holds a value JSON
+                cannot keep (nothing is written).
             StepExistsError: `step` is on disk and `overwrite` is False.
             StepOrderError: `step` is below the latest step and `overwrite` is False.
             BackgroundWriteError: the previous save failed in the background.
@@ -405,6 +417,8 @@ class Checkpointer:
             if temporary is None:
                 temporary = decision is _policy.Decision.TEMPORARY
             started = time.perf_counter()
+            # The extras' non-array state, copied now (the caller's thread is held here).
+            extra_states = _extras.capture(self._extras)
             self._finish_pending()
             listing = self._store.listing()
             steps = listing.steps
@@ -432,13 +446,18 @@ class Checkpointer:
                     latest=steps[-1],
                 )
             tree, keys = self._snapshot()
+            meta: dict[str, Any] = {"keys": keys}
+            if self._extras:
+                meta["extras"] = _extras.manifest(self._extras)
             try:
                 if self._store.array_format == 1:  # object stores: TensorStore
                     self._pending_bytes = _diagnose.tree_bytes(tree)
                     self._telemetry.begin(
                         step, started=started, temporary=temporary, fmt=1, size=self._pending_bytes
                     )
-                    self._store.save_tree(step, tree, {"keys": keys}, metrics, temporary=temporary)
+                    self._store.save_tree(
+                        step, tree, meta, metrics, extra_states, temporary=temporary
+                    )
                 else:
                     snap = _format.snapshot(
                         tree,
@@ -451,7 +470,7 @@ class Checkpointer:
                     self._telemetry.begin(
                         step, started=started, temporary=temporary, fmt=2, size=snap.nbytes
                     )
-                    self._store.save(step, snap, {"keys": keys}, metrics, temporary=temporary)
+                    self._store.save(step, snap, meta, metrics, extra_states, temporary=temporary)
             except TimeoutError:
                 self._pending_step = step  # later waits name it, and stay bounded
                 raise
@@ -485,12 +504,19 @@ class Checkpointer:
     def _snapshot(self) -> tuple[dict[str, Any], dict[str, str]]:
         tree: dict[str, Any] = {}
         keys: dict[str, str] = {}
-        for path, variable in _state.variables(self.model, self.optimizer).items():
+        for path, variable in self._variables().items():
             value = _state.value_of(variable)
             if _state.is_key(value):
                 keys[path] = _state.key_impl_name(value)
             tree[path] = _state.to_saved(value)
         return tree, keys
+
+    def _variables(self) -> dict[str, Any]:
+        """The live leaves: the model's and optimizer's Variables, then the array extras'."""
+        return {
+            **_state.variables(self.model, self.optimizer),
+            **_extras.variables(self._extras),
+        }
 
     def _finish_pending(self) -> None:
         """Wait for the save in flight; turn its failure into a BackgroundWriteError."""
@@ -569,6 +595,8 @@ class Checkpointer:
         values. What happened, leaf by leaf, is in `last_restore_report`, and its one-line
         summary is logged (a warning unless the restore was exact, and always when not every
         parameter was restored). Either every planned leaf is set or, on any error, none is.
+        The `extras` are restored with the model, in place; `last_restore_report.extras` says
+        which were restored, absent from the checkpoint (they keep their state) or unused.
 
         A restore that would set none of the model's parameters (`nnx.Param`), such as after
         the model was moved under a parent module (`self.inner = Net(...)`, so every path
@@ -602,7 +630,8 @@ class Checkpointer:
             NoCheckpointError: `best=True` but no checkpoint has a finite `best_metric`.
             RestoreMismatchError: a saved leaf's shape differs and `on_mismatch="error"`; or
                 none of the model's parameters would be restored and `allow_partial` is False
-                (the message gives the `rename=` when the paths only moved).
+                (the message gives the `rename=` when the paths only moved); or an extra was
+                saved as a kind its current object cannot take.
             InvalidArgumentError: a `rename` key names nothing in the current model (the
                 message gives the reversed map when that is the likely slip).
             CorruptCheckpointError: the step's files fail their checksums (checked before
@@ -770,7 +799,7 @@ class Checkpointer:
         on_mismatch: str,
         allow_partial: bool = False,
         exclude: set[int] = frozenset(),  # type: ignore[assignment]
-    ) -> tuple[_restore.RestorePlan, dict[str, _state.LeafSpec]] | None:
+    ) -> tuple[_restore.RestorePlan, dict[str, _state.LeafSpec], _extras.ExtrasPlan] | None:
         self._check_open()
         _inplace.check_options(on_mismatch, allow_partial)
         renames = _restore.check_rename(rename)
@@ -789,27 +818,43 @@ class Checkpointer:
                     "; ".join(f"{i.name}/: {i.reason}" for i in ignored[:5]),
                 )
             return None
+        live = self._variables()
         saved = self._store.leaf_specs(chosen)
+        foreign = self._store.foreign(chosen) is not None
+        extras = _extras.plan(
+            chosen,
+            self._extras,
+            {} if foreign else self._store.meta(chosen).get("extras", {}),
+            lambda: self._store.extras(chosen),
+            path=self._store.step_dir(chosen),
+        )
         planned = _inplace.plan(
-            self.model,
-            self.optimizer,
+            live,
             chosen,
             saved,
             rename=renames,
             on_mismatch=on_mismatch,
             allow_partial=allow_partial,
             where=self.directory,
+            extras=extras.outcome,
+            **({"layout": self._store.source(chosen)} if foreign else {}),
         )
-        if self._store.foreign(chosen) is not None:
-            report = dataclasses.replace(planned.report, layout=self._store.source(chosen))
-            planned = dataclasses.replace(planned, report=report)
-        return planned, saved
+        return planned, saved, extras
 
-    def _apply(self, planned: _restore.RestorePlan, saved: dict[str, _state.LeafSpec]) -> None:
+    def _apply(
+        self,
+        planned: _restore.RestorePlan,
+        saved: dict[str, _state.LeafSpec],
+        extras: _extras.ExtrasPlan,
+    ) -> None:
         """Read the planned leaves, convert them all, then set them: all or nothing."""
         step = planned.report.step
         report = _inplace.apply(
-            self.model, self.optimizer, planned, saved, lambda t: self._store.read(step, t)
+            self._variables(),
+            planned,
+            saved,
+            lambda t: self._store.read(step, t),
+            before_set=extras.apply,  # puts back what it set if one of them fails
         )
         self.last_restore_report = report
         self._restored_step = step

@@ -315,12 +315,14 @@ def _state_word(entry: Any) -> str:
 
 # ---------------------------------------------------------------------------- show
 def cmd_show(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from . import _extras
     from ._inspect import leaf_bytes
 
     with _open(args) as checkpoints:
         step = _chosen_step(checkpoints, args)
         specs = checkpoints.leaf_specs(step)
         metrics = checkpoints.metrics(step)
+        extras = checkpoints.extras(step)
         directory = checkpoints.directory
     if args.json:
         json.dump(
@@ -337,6 +339,10 @@ def cmd_show(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                         "key_impl": spec.key_impl,
                     }
                     for path, spec in specs.items()
+                ],
+                "extras": [
+                    {"name": name, "kind": kind, "state": _extras.encode(state, name)}
+                    for name, (kind, state) in extras.items()
                 ],
             },
             out,
@@ -363,7 +369,28 @@ def cmd_show(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     all_count = sum(t[0] for t in totals.values())
     all_size = sum(t[2] for t in totals.values())
     out.write(f"total: {all_count} arrays, {_size(all_size)}\n")
+    for line in _extras_lines(extras):
+        out.write(line + "\n")
     return EXIT_OK
+
+
+def _extras_lines(extras: dict[str, tuple[str, Any]]) -> list[str]:
+    """`extras:` and one line per extra: name, kind, and its saved state (JSON kinds)."""
+    from . import _extras
+
+    if not extras:
+        return []
+    lines = [f"extras by name ({len(extras)}):"]
+    width = max(len(name) for name in extras)
+    for name, (kind, state) in extras.items():
+        text = f"  {name:<{width}}  {_extras.describe(kind)}"
+        if state is None:
+            text += f"  (arrays under {_extras.ROOT}/{name}/)"
+        else:
+            shown = json.dumps(_extras.encode(state, name), sort_keys=True)
+            text += "  " + (shown if len(shown) <= 200 else shown[:197] + "...")
+        lines.append(text)
+    return lines
 
 
 def _shape(shape: tuple[int, ...]) -> str:

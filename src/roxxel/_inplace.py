@@ -34,8 +34,7 @@ def check_options(on_mismatch: object, allow_partial: object) -> None:
 
 
 def plan(
-    model: nnx.Module,
-    optimizer: nnx.Optimizer[Any] | None,
+    live: Mapping[str, nnx.Variable[Any]],
     step: int,
     saved: Mapping[str, _state.LeafSpec],
     *,
@@ -43,25 +42,26 @@ def plan(
     on_mismatch: str,
     allow_partial: bool,
     where: str,
-    source: str | None = None,
+    **report_fields: Any,
 ) -> _restore.RestorePlan:
     """Plan restoring `saved` into the live `model` and `optimizer`; refuse what must be.
 
     Args:
+        live: the live Variables by path (`_state.variables`, plus any array extras).
         step: the step for the report.
         saved: the specs of the saved leaves, by path.
         rename: a checked `{current name: saved name}` map.
         on_mismatch: "error" raises for leaves whose shape differs; "skip" plans the rest.
         allow_partial: plan even when none of the model's parameters matches.
         where: the directory (or file) named in error messages.
-        source: the weights file, for a report of `load_weights` (None for a step).
+        report_fields: set on the report before anything is refused: `source` (the weights
+            file of `load_weights`), `layout` (a migrated step), `extras` (their outcome).
 
     Raises:
         RestoreMismatchError: a shape differs and `on_mismatch="error"`, or no parameter
             matches and `allow_partial` is False. Nothing was read or changed.
         InvalidArgumentError: a `rename` key names nothing in the current model.
     """
-    live = _state.variables(model, optimizer)
     current = {path: _state.spec_of(variable.get_value()) for path, variable in live.items()}
     params = {
         path
@@ -69,9 +69,9 @@ def plan(
         if path.startswith("model/") and isinstance(variable, nnx.Param)
     }
     planned = _restore.plan(step, saved, current, rename=rename, params=params)
-    if source is not None:
+    if report_fields:
         planned = dataclasses.replace(
-            planned, report=dataclasses.replace(planned.report, source=source)
+            planned, report=dataclasses.replace(planned.report, **report_fields)
         )
     report = planned.report
     if report.mismatched and on_mismatch == "error":
@@ -90,18 +90,21 @@ def plan(
 
 
 def apply(
-    model: nnx.Module,
-    optimizer: nnx.Optimizer[Any] | None,
+    live: Mapping[str, nnx.Variable[Any]],
     planned: _restore.RestorePlan,
     saved: Mapping[str, _state.LeafSpec],
     read: Reader,
+    *,
+    before_set: Callable[[], None] | None = None,
 ) -> _restore.RestoreReport:
     """Read the planned leaves with `read`, convert them all, then set them: all or nothing.
+
+    `before_set` runs once every value is read and converted, just before any is set (the
+    extras' states: it undoes its own changes when it fails, so nothing is set then).
 
     Returns:
         The plan's report with `applied=True`.
     """
-    live = _state.variables(model, optimizer)
     targets = {
         source: _state.read_target(live[path].get_value(), saved[source])
         for path, source in planned.reads.items()
@@ -112,6 +115,8 @@ def apply(
         current = live[path].get_value()
         spec = _state.spec_of(current)
         new_values[path] = _state.from_saved(arrays[source], current, spec)
+    if before_set is not None:
+        before_set()
     for path, value in new_values.items():
         live[path].set_value(value)
     return dataclasses.replace(planned.report, applied=True)

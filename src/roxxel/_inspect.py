@@ -320,6 +320,32 @@ class CheckpointDir:
             flat.update(chunk)
         return nest(flat)
 
+    def extras(self, step: int | None = None) -> dict[str, tuple[str, Any]]:
+        """The extras saved with `step` (default: the newest): `{name: (kind, state)}`, read
+        without running anything.
+
+        `state` is the saved JSON state of a config, Grain iterator, `get_state()` object or
+        Generator (as `restore()` would set it); None for array extras, whose leaves are the
+        `extras/<name>/...` paths of `leaf_specs`. Steps saved without extras give `{}`.
+        """
+        from . import _extras
+
+        step = self._step(step)
+        if self._store.foreign(step) is not None:
+            return {}
+        kinds = self._store.meta(step).get("extras", {})
+        states = self._store.extras(step) if kinds else {}
+        where = self.listing().path(step)
+        return {
+            str(name): (
+                str(kind),
+                _extras.decode_saved(states[name], step=step, name=name, path=where)
+                if name in states
+                else None,
+            )
+            for name, kind in kinds.items()
+        }
+
     def read_chunks(
         self, step: int, paths: Iterable[str], *, chunk_bytes: int = 64 << 20
     ) -> Iterator[dict[str, np.ndarray[Any, Any]]]:

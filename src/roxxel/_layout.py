@@ -28,6 +28,7 @@ DEFAULT_ITEM = "default"  # CheckpointManager's item in single-item mode (the pa
 META_ITEM = "roxxel"  # Roxxel's own record of a step: its presence marks a Roxxel step
 ARRAYS_ITEM = "arrays"  # format 2: Roxxel's array files
 STATE_ITEM = "state"  # format 1 (0.1.0, and object stores): TensorStore PyTree
+EXTRAS_ITEM = "extras"  # the JSON states of a step's non-array extras
 CHECKSUMS = "roxxel_checksums.json"  # the step's checksum record
 TRASH = ".roxxel-deleted"  # steps retention is deleting
 WRITER_LOCK = ".roxxel-writer.lock"

@@ -40,6 +40,7 @@ import orbax.checkpoint as ocp
 
 from . import _directory, _format, _integrity, _layout, _migrate, _paths, _storage
 from ._errors import PARSE_ERRORS, CorruptCheckpointError, RoxxelError
+from ._extras import ARRAY_KINDS
 from ._retention import Retention, steps_to_keep
 from ._state import STRING, LeafSpec, flatten, nest
 
@@ -69,6 +70,8 @@ STATE_ITEM = _layout.STATE_ITEM
 ARRAYS_ITEM = _layout.ARRAYS_ITEM
 """The item of format 2: Roxxel's own flat files and index (`_format`)."""
 META_ITEM = _layout.META_ITEM
+EXTRAS_ITEM = _layout.EXTRAS_ITEM
+"""The JSON states of a step's non-array extras (`_extras.capture`), beside `META_ITEM`."""
 FORMAT_VERSION = _format.FORMAT
 _TMP_MARKER = _layout.TMP_MARKER
 # Retention moves a step here with one rename, then Roxxel empties it: a crash in the middle
@@ -174,6 +177,11 @@ def _meta(version: int, meta: Mapping[str, Any], temporary: bool) -> dict[str, A
     if temporary:
         record["temporary"] = True
     return record
+
+
+def _extras_item(states: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The Orbax item of a step's extras' JSON states (none when there are none)."""
+    return {EXTRAS_ITEM: ocp.args.JsonSave(dict(states))} if states else {}
 
 
 def _ranking_value(retention: Retention) -> Any:
@@ -354,6 +362,7 @@ class Store:
                 ARRAYS_ITEM: self._array_handler,
                 STATE_ITEM: ocp.PyTreeCheckpointHandler(use_compression=self.compression),
                 META_ITEM: ocp.JsonCheckpointHandler(),
+                EXTRAS_ITEM: ocp.JsonCheckpointHandler(),
             },
         )
         if options.todelete_subdir is not None:
@@ -554,10 +563,28 @@ class Store:
                 step, args=ocp.args.Composite(**{META_ITEM: ocp.args.JsonRestore()})
             )
             meta = result[META_ITEM] or {}
-            if not isinstance(meta, Mapping) or not isinstance(meta.get("keys", {}), Mapping):
+            if not isinstance(meta, Mapping) or not all(
+                isinstance(meta.get(field, {}), Mapping)
+                and all(isinstance(v, str) for v in meta.get(field, {}).values())
+                for field in ("keys", "extras")
+            ):
                 raise TypeError(f"{META_ITEM}/metadata is not a Roxxel record: {meta!r:.200}")
         self._meta_memo = None if key is None else (key, dict(meta))
         return dict(meta)
+
+    def extras(self, step: int) -> dict[str, Any]:
+        """The JSON states of `step`'s non-array extras (`{}` when it saved none)."""
+        kinds = self.meta(step).get("extras", {}).values()
+        if all(kind in ARRAY_KINDS for kind in kinds):
+            return {}
+        with self._parsing(step):
+            result = self._manager.restore(
+                step, args=ocp.args.Composite(**{EXTRAS_ITEM: ocp.args.JsonRestore()})
+            )
+            states = result[EXTRAS_ITEM]
+            if not isinstance(states, Mapping):
+                raise TypeError(f"{EXTRAS_ITEM}/metadata is not a mapping: {states!r:.200}")
+        return dict(states)
 
     def _meta_key(self, step: int) -> tuple[int, int, int, int] | None:
         """What identifies the content of a local step's metadata file, or None."""
@@ -576,10 +603,14 @@ class Store:
         snap: _format.Snapshot,
         meta: Mapping[str, Any],
         metrics: Mapping[str, float] | None,
+        extras: Mapping[str, Any] | None = None,
         *,
         temporary: bool = False,
     ) -> None:
         """Start saving `snap` as `step` (format 2, `array_format == 2`) and return at once.
+
+        `extras` (JSON values, see `_extras.capture`) is written as the step's `extras` item,
+        committed with the arrays or not at all.
 
         Orbax's `CheckpointManager.save()` (folder creation, metadata, starting the commit
         thread: 20-40 ms on a busy 2-core host, more with many leaves) runs on a daemon thread;
@@ -589,6 +620,7 @@ class Store:
             **{
                 ARRAYS_ITEM: _ArraysSave(snap),
                 META_ITEM: ocp.args.JsonSave(_meta(FORMAT_VERSION, meta, temporary)),
+                **_extras_item(extras),
             }
         )
         self._set_temporary(step, temporary)
@@ -630,6 +662,7 @@ class Store:
         tree: Mapping[str, Any],
         meta: Mapping[str, Any],
         metrics: Mapping[str, float] | None,
+        extras: Mapping[str, Any] | None = None,
         *,
         temporary: bool = False,
     ) -> None:
@@ -646,6 +679,7 @@ class Store:
             **{
                 STATE_ITEM: ocp.args.PyTreeSave(nest(tree)),
                 META_ITEM: ocp.args.JsonSave(_meta(1, meta, temporary)),
+                **_extras_item(extras),
             }
         )
         self._set_temporary(step, temporary)

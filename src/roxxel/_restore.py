@@ -62,6 +62,10 @@ class RestoreReport:
         source: the weights file `load_weights` read; None for a checkpoint step.
         layout: who wrote the step: "roxxel", or the Orbax layout it was migrated from (for
             example "orbax: nnx.state((model, optimizer)) in 900/default").
+        extras: what happened to each extra (`Checkpointer(extras=...)`), by name: "restored";
+            "absent" (passed now, not in the checkpoint: it keeps its current state); "unused"
+            (in the checkpoint, not passed now). The leaves of array extras
+            (`extras/<name>/...`) are also listed leaf by leaf above.
     """
 
     step: int
@@ -81,6 +85,7 @@ class RestoreReport:
     applied: bool = False
     source: str | None = None
     layout: str = "roxxel"
+    extras: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
     @property
     def exact(self) -> bool:
@@ -92,6 +97,7 @@ class RestoreReport:
             or self.cast
             or self.renamed
             or self.withheld
+            or any(outcome != "restored" for outcome in self.extras.values())
         )
 
     @property
@@ -126,6 +132,8 @@ class RestoreReport:
         line = f"{what}: " + ", ".join(parts)
         if not self.exact and self.params_text():
             line += "; " + self.params_text()
+        if self.extras:
+            line += "; extras: " + ", ".join(f"{k} {v}" for k, v in self.extras.items())
         if self.suggested_rename:
             line += (
                 "; some missing leaves are on disk under another name: restore with "
@@ -162,6 +170,7 @@ class RestoreReport:
             "params_restored": self.params_restored,
             "params_total": self.params_total,
             "suggested_rename": dict(self.suggested_rename),
+            "extras": dict(self.extras),
         }
 
     def __str__(self) -> str:
@@ -178,7 +187,16 @@ class RestoreReport:
             lines.append(f"  renamed     {path}  <- {saved_path}")
         for path, why in self.withheld.items():
             lines.append(f"  withheld    {path}  (in the checkpoint; not restored: {why})")
+        for name, outcome in self.extras.items():
+            lines.append(f"  extra       {name}  {_EXTRA_TEXT.get(outcome, outcome)}")
         return "\n".join(lines)
+
+
+_EXTRA_TEXT = {
+    "restored": "restored",
+    "absent": "absent (not in the checkpoint; keeps its current state)",
+    "unused": "unused (in the checkpoint; not passed to this Checkpointer)",
+}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -365,9 +365,9 @@ def load_weights(
     _inplace.check_options(on_mismatch, allow_partial)
     renames = _restore.check_rename(rename)
     with WeightsFile(full) as weights:
+        live = _state.variables(model, None)
         planned = _inplace.plan(
-            model,
-            None,
+            live,
             weights.step(),
             weights.specs,
             rename=renames,
@@ -376,7 +376,7 @@ def load_weights(
             where=full,
             source=full,
         )
-        report = _inplace.apply(model, None, planned, weights.specs, weights.read)
+        report = _inplace.apply(live, planned, weights.specs, weights.read)
     level = logging.INFO if report.exact and report.all_params_restored else logging.WARNING
     logger.log(level, "roxxel: loaded %s", report.summary())
     return report
