@@ -525,6 +525,7 @@ def test_a_file_cut_after_its_header_was_checked_changes_nothing(
     """The steps of load_weights, with the file truncated between planning and reading: the
     read fails on the last tensor and no leaf of the model is set (all or nothing)."""
     from roxxel import _inplace
+    from roxxel._state import variables
     from roxxel._weights import WeightsFile
 
     path = tmp_path / "shrinking.safetensors"
@@ -533,15 +534,16 @@ def test_a_file_cut_after_its_header_was_checked_changes_nothing(
     before = _bits(state_arrays(model))
     weights = WeightsFile(str(path))
     request.addfinalizer(weights.close)
+    live = variables(model, None)
     planned = _inplace.plan(
-        model, None, 7, weights.specs, rename={}, on_mismatch="error", allow_partial=False,
+        live, 7, weights.specs, rename={}, on_mismatch="error", allow_partial=False,
         where=str(path), source=str(path),
     )  # fmt: skip
     assert len(planned.reads) == len(exported["model"])
     last = max(weights.tensors.values(), key=lambda t: t.end)
     os.truncate(path, last.end - 2)
     with pytest.raises(WeightsFileError) as info:
-        _inplace.apply(model, None, planned, weights.specs, weights.read)
+        _inplace.apply(live, planned, weights.specs, weights.read)
     assert f"tensor {last.key!r} ends at byte {last.end}" in str(info.value)
     assert "it changed after its header was read" in str(info.value)
     assert _bits(state_arrays(model)) == before
