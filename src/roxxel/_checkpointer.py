@@ -191,6 +191,9 @@ class Checkpointer:
             if self._writer_lock is not None:
                 self._writer_lock.release()
             raise
+        # Another Checkpointer of this process may be saving here (a notebook cell run twice):
+        # wait for it, bounded, and never remove its unfinished folder.
+        self._store.wait_for_others()
         self._store.remove_partial()
         self._closed = False
         self._pending_step = None
@@ -300,7 +303,9 @@ class Checkpointer:
             metrics = _validate.metrics(metrics_dict, best_metric=self._retention.best_metric)
             started = time.perf_counter()
             self._finish_pending()
+            self._wait_for_others()
             steps = self._store.all_steps()
+            replace = False
             if step in steps:
                 if step == self._restored_step and not overwrite:
                     logger.info(
@@ -313,7 +318,7 @@ class Checkpointer:
                         f"to replace it, or save a new step (latest is {steps[-1]}).",
                         step=step,
                     )
-                self._store.delete(step)
+                replace = True  # the old step goes only once the new one has committed
             elif steps and step < steps[-1] and not overwrite:
                 raise StepOrderError(
                     f"step {step} is lower than the latest saved step {steps[-1]} in "
@@ -325,6 +330,8 @@ class Checkpointer:
                 )
             tree, keys = self._snapshot()
             try:
+                if replace:
+                    self._store.set_aside(step)
                 if self._store.array_format == 1:  # object stores: TensorStore
                     self._pending_bytes = _diagnose.tree_bytes(tree)
                     self._store.save_tree(step, tree, {"keys": keys}, metrics)
@@ -395,6 +402,18 @@ class Checkpointer:
                 step=step,
             ) from exc
         self._pending_step = None
+        if self._store.replacing is not None:
+            self._store.remove_partial()  # the overwrite committed: its old step goes now
+
+    def _wait_for_others(self) -> None:
+        """One save in flight per directory in this process, across Checkpointers too."""
+        still = self._store.wait_for_others()
+        if still:
+            raise TimeoutError(
+                f"another Checkpointer on {self.directory} in this process is still saving step "
+                f"{', '.join(map(str, still))} after timeout={self._timeout:g} s. Close it (or "
+                "call its wait_until_finished()) before saving from this one."
+            )
 
     def _wait_bounded(self) -> None:
         """`Store.wait()`, but failing with TimeoutError after `timeout` seconds."""
@@ -780,6 +799,8 @@ class Checkpointer:
                 self._staging_pool = _format.StagingPool()  # give its memory back now
                 _lifecycle.untrack(self)
                 try:
+                    if self._store.replacing is not None:  # e.g. interrupted in save()
+                        self._store.remove_partial()
                     self._store.close()
                 finally:
                     if self._writer_lock is not None:
