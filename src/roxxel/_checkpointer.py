@@ -330,11 +330,9 @@ class Checkpointer:
                 )
             tree, keys = self._snapshot()
             try:
-                if replace:
-                    self._store.set_aside(step)
+                snap = None
                 if self._store.array_format == 1:  # object stores: TensorStore
                     self._pending_bytes = _diagnose.tree_bytes(tree)
-                    self._store.save_tree(step, tree, {"keys": keys}, metrics)
                 else:
                     snap = _format.snapshot(
                         tree,
@@ -344,7 +342,17 @@ class Checkpointer:
                         pool=self._staging_pool,
                     )
                     self._pending_bytes = snap.nbytes
-                    self._store.save(step, snap, {"keys": keys}, metrics)
+                # From setting the old step aside to the save being tracked, a Ctrl-C or
+                # SIGTERM would leave a half-started save that no wait knows of: they are
+                # delivered once this block has run.
+                with _lifecycle.interrupts_deferred():
+                    if replace:
+                        self._store.set_aside(step)
+                    if snap is None:
+                        self._store.save_tree(step, tree, {"keys": keys}, metrics)
+                    else:
+                        self._store.save(step, snap, {"keys": keys}, metrics)
+                    self._pending_step = step
             except TimeoutError:
                 self._pending_step = step  # later waits name it, and stay bounded
                 raise
@@ -357,7 +365,6 @@ class Checkpointer:
                     f"{_peer_hint()}",
                     step=step,
                 ) from exc
-            self._pending_step = step
             self._restored_step = None
             self.last_save_seconds = time.perf_counter() - started
             return True

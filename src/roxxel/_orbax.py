@@ -39,7 +39,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from . import _format, _integrity, _paths, _storage
+from . import _format, _integrity, _lifecycle, _paths, _storage
 from ._errors import PARSE_ERRORS, CorruptCheckpointError, RoxxelError
 from ._retention import Retention, steps_to_keep
 from ._state import STRING, LeafSpec, flatten, nest
@@ -764,7 +764,9 @@ class Store:
             return []
         removed: list[str] = []
         restored: list[int] = []
-        with _writers_guard:  # a save that starts after this scan makes its folder after it
+        # Deferred Ctrl-C: a half-done pass would leave a folder behind at exit.
+        with _lifecycle.interrupts_deferred(), _writers_guard:
+            # A save that starts after this scan makes its folder after it.
             live = self._live_steps()
             try:
                 entries = list(os.scandir(self.directory))
