@@ -193,7 +193,8 @@ class Checkpointer:
             raise
         # Another Checkpointer of this process may be saving here (a notebook cell run twice):
         # wait for it, bounded, and never remove its unfinished folder.
-        self._store.wait_for_others()
+        if not read_only:
+            self._store.wait_for_others()
         self._store.remove_partial()
         self._closed = False
         self._pending_step = None

@@ -13,7 +13,10 @@ The Store owns an Orbax `CheckpointManager` configured for Roxxel:
   barriers; steps written by Roxxel 0.1.0 (TensorStore, item `state`) are still read through
   Orbax's `PyTreeCheckpointHandler`;
 * `CheckpointManager.save()` runs on a background thread, so `save()` blocks only for the
-  snapshot (`_format.snapshot`), never for Orbax's fixed cost per call.
+  snapshot (`_format.snapshot`), never for Orbax's fixed cost per call;
+* an overwritten step is renamed aside (`REPLACED`) until the new one has committed, and the
+  writing Stores of one directory in one process never remove each other's saves in flight
+  (`remove_partial`, `wait_for_others`).
 
 Nothing outside this module imports `orbax`, except `_storage`, which routes `s3://` paths
 inside Orbax's TensorStore layer for reading 0.1.0 steps (`Store._open` picks commit-file
@@ -645,12 +648,15 @@ class Store:
         """The step whose old version is set aside until the new one commits."""
         return self._replacing
 
-    def _live_steps(self) -> set[int]:
-        """Steps being saved now by this process's writers of this directory (this one too).
+    def _live_steps(self, *, own: bool = True) -> set[int]:
+        """Steps being saved now by this process's writers of this directory (this one's too,
+        unless `own` is False).
 
         Called with `_writers_guard` held, under which every save marks itself in flight.
         """
         stores = {*_writers.get(self.directory, ()), self}
+        if not own:
+            stores.discard(self)
         return {s._saving_step for s in stores if s._saving_step is not None and s.is_saving()}
 
     def wait_for_others(self) -> list[int]:
@@ -732,7 +738,7 @@ class Store:
             self._manager.close()
         except Exception:  # already reported by the caller
             logger.debug("closing the Orbax manager after a failed save", exc_info=True)
-        self.remove_partial()
+        self.remove_partial(own_save_over=True)
         self._manager = self._open()
 
     def close(self) -> None:
@@ -752,13 +758,14 @@ class Store:
         except TimeoutError as exc:
             logger.error("roxxel: %s", exc)
 
-    def remove_partial(self) -> list[str]:
+    def remove_partial(self, *, own_save_over: bool = False) -> list[str]:
         """Delete folders of saves that never committed (`<step>.orbax-checkpoint-tmp*`), and
         settle overwrites: an old step set aside (`<step>.roxxel-replaced`) is deleted if the
         new `<step>` committed and renamed back if not.
 
         Folders of saves in flight in this process (this Store's or another Checkpointer's on
-        the same directory) are left alone.
+        the same directory) are left alone; `own_save_over` says this Store's last save is
+        over whatever its manager reports (`recover()` closed that manager).
         """
         if self.read_only or _paths.is_url(self.directory) or jax.process_index() != 0:
             return []
@@ -767,7 +774,7 @@ class Store:
         # Deferred Ctrl-C: a half-done pass would leave a folder behind at exit.
         with _lifecycle.interrupts_deferred(), _writers_guard:
             # A save that starts after this scan makes its folder after it.
-            live = self._live_steps()
+            live = self._live_steps(own=not own_save_over)
             try:
                 entries = list(os.scandir(self.directory))
             except OSError:
