@@ -30,10 +30,9 @@ fi
 for python in "${candidates[@]}"; do
   tag="$("$python" -c 'import sys; print("%d%d" % sys.version_info[:2])')"
   # A Python the dependencies do not support yet (no wheels) is skipped for the next older one.
-  if ! (PATH="$PATH" PYTHON="$python" ROXXEL_VENV=".venv-py$tag" bash -c \
-      'source scripts/_env.sh' ); then
+  if ! PYTHON="$python" ROXXEL_VENV=".venv-py$tag" ROXXEL_EXTRAS="$ROXXEL_EXTRAS" \
+      bash -c 'source scripts/_env.sh'; then
     echo "== pytest: the dependencies do not install on $python; trying an older Python"
-    rm -rf ".venv-py$tag"
     continue
   fi
   echo "== pytest ($("$python" -c 'import sys; print(sys.version.split()[0])'), .venv-py$tag: $(
