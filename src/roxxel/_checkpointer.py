@@ -330,45 +330,57 @@ class Checkpointer:
                     latest=steps[-1],
                 )
             tree, keys = self._snapshot()
-            try:
-                snap = None
-                if self._store.array_format == 1:  # object stores: TensorStore
-                    self._pending_bytes = _diagnose.tree_bytes(tree)
-                else:
-                    snap = _format.snapshot(
-                        tree,
-                        process=jax.process_index(),
-                        staging=self._staging,
-                        staging_limit=self._staging_limit,
-                        pool=self._staging_pool,
-                    )
-                    self._pending_bytes = snap.nbytes
-                # From setting the old step aside to the save being tracked, a Ctrl-C or
-                # SIGTERM would leave a half-started save that no wait knows of: they are
-                # delivered once this block has run.
-                with _lifecycle.interrupts_deferred():
-                    if replace:
-                        self._store.set_aside(step)
-                    if snap is None:
-                        self._store.save_tree(step, tree, {"keys": keys}, metrics)
-                    else:
-                        self._store.save(step, snap, {"keys": keys}, metrics)
-                    self._pending_step = step
-            except TimeoutError:
-                self._pending_step = step  # later waits name it, and stay bounded
-                raise
-            except Exception as exc:
-                self._recover_store()
-                raise BackgroundWriteError(
-                    f"could not start saving step {step} to {self.directory}: "
-                    f"{type(exc).__name__}: {exc}."
-                    f"{_diagnose.explain(exc, self.directory, self._pending_bytes)}"
-                    f"{_peer_hint()}",
-                    step=step,
-                ) from exc
+            # From setting an old step aside to the save being tracked, a Ctrl-C or SIGTERM
+            # would leave a half-started save that no wait knows of: they are delivered once
+            # this block, its error handling included, has run.
+            with _lifecycle.interrupts_deferred():
+                self._start_save(step, tree, keys, metrics, replace=replace)
             self._restored_step = None
             self.last_save_seconds = time.perf_counter() - started
             return True
+
+    def _start_save(
+        self,
+        step: int,
+        tree: dict[str, Any],
+        keys: dict[str, str],
+        metrics: Mapping[str, float] | None,
+        *,
+        replace: bool,
+    ) -> None:
+        """Capture `tree`, set an old `step` aside (`replace`), start the save, track it."""
+        try:
+            snap = None
+            if self._store.array_format == 1:  # object stores: TensorStore
+                self._pending_bytes = _diagnose.tree_bytes(tree)
+            else:
+                snap = _format.snapshot(
+                    tree,
+                    process=jax.process_index(),
+                    staging=self._staging,
+                    staging_limit=self._staging_limit,
+                    pool=self._staging_pool,
+                )
+                self._pending_bytes = snap.nbytes
+            if replace:
+                self._store.set_aside(step)
+            if snap is None:
+                self._store.save_tree(step, tree, {"keys": keys}, metrics)
+            else:
+                self._store.save(step, snap, {"keys": keys}, metrics)
+        except TimeoutError:
+            self._pending_step = step  # later waits name it, and stay bounded
+            raise
+        except Exception as exc:
+            self._recover_store()
+            raise BackgroundWriteError(
+                f"could not start saving step {step} to {self.directory}: "
+                f"{type(exc).__name__}: {exc}."
+                f"{_diagnose.explain(exc, self.directory, self._pending_bytes)}"
+                f"{_peer_hint()}",
+                step=step,
+            ) from exc
+        self._pending_step = step
 
     @property
     def _pending_step(self) -> int | None:
