@@ -234,6 +234,10 @@ class Checkpointer:
             if self._writer_lock is not None:
                 self._writer_lock.release()
             raise
+        # Another Checkpointer of this process may be saving here (a notebook cell run twice):
+        # wait for it, bounded, and never remove its unfinished folder.
+        if not read_only:
+            self._store.wait_for_others()
         self._store.remove_partial()
         self._telemetry = _telemetry.Telemetry(self.directory, on_commit)
         self._store.on_commit = self._telemetry.committed
@@ -420,9 +424,11 @@ class Checkpointer:
             # The extras' non-array state, copied now (the caller's thread is held here).
             extra_states = _extras.capture(self._extras)
             self._finish_pending()
+            self._wait_for_others()
             listing = self._store.listing()
             steps = listing.steps
             self._refuse_foreign(listing, step)
+            replace = False
             if step in steps:
                 if step == self._restored_step and not overwrite:
                     logger.info(
@@ -435,7 +441,7 @@ class Checkpointer:
                         f"to replace it, or save a new step (latest is {steps[-1]}).",
                         step=step,
                     )
-                self._store.delete(step)
+                replace = True  # the old step goes only once the new one has committed
             elif steps and step < steps[-1] and not overwrite:
                 raise StepOrderError(
                     f"step {step} is lower than the latest saved step {steps[-1]} in "
@@ -449,47 +455,76 @@ class Checkpointer:
             meta: dict[str, Any] = {"keys": keys}
             if self._extras:
                 meta["extras"] = _extras.manifest(self._extras)
-            try:
-                if self._store.array_format == 1:  # object stores: TensorStore
-                    self._pending_bytes = _diagnose.tree_bytes(tree)
-                    self._telemetry.begin(
-                        step, started=started, temporary=temporary, fmt=1, size=self._pending_bytes
-                    )
-                    self._store.save_tree(
-                        step, tree, meta, metrics, extra_states, temporary=temporary
-                    )
-                else:
-                    snap = _format.snapshot(
-                        tree,
-                        process=jax.process_index(),
-                        staging=self._staging,
-                        staging_limit=self._staging_limit,
-                        pool=self._staging_pool,
-                    )
-                    self._pending_bytes = snap.nbytes
-                    self._telemetry.begin(
-                        step, started=started, temporary=temporary, fmt=2, size=snap.nbytes
-                    )
-                    self._store.save(step, snap, meta, metrics, extra_states, temporary=temporary)
-            except TimeoutError:
-                self._pending_step = step  # later waits name it, and stay bounded
-                raise
-            except Exception as exc:
-                self._telemetry.abandon(step)
-                self._recover_store()
-                raise BackgroundWriteError(
-                    f"could not start saving step {step} to {self.directory}: "
-                    f"{type(exc).__name__}: {exc}."
-                    f"{_diagnose.explain(exc, self.directory, self._pending_bytes)}"
-                    f"{_peer_hint()}",
-                    step=step,
-                ) from exc
-            self._pending_step = step
+            # From setting an old step aside to the save being tracked, a Ctrl-C or SIGTERM
+            # would leave a half-started save that no wait knows of: they are delivered once
+            # this block, its error handling included, has run.
+            with _lifecycle.interrupts_deferred():
+                self._start_save(
+                    step,
+                    tree,
+                    meta,
+                    metrics,
+                    extra_states,
+                    replace=replace,
+                    temporary=temporary,
+                    started=started,
+                )
             self._restored_step = None
             self.last_save_seconds = time.perf_counter() - started
             self._last_save = _policy.saved(self._last_save, step, now, temporary=temporary)
             self._telemetry.returned(step, self.last_save_seconds)
             return True
+
+    def _start_save(
+        self,
+        step: int,
+        tree: dict[str, Any],
+        meta: dict[str, Any],
+        metrics: Mapping[str, float] | None,
+        extra_states: Mapping[str, Any],
+        *,
+        replace: bool,
+        temporary: bool,
+        started: float,
+    ) -> None:
+        """Capture `tree`, set an old `step` aside (`replace`), start the save, track it."""
+        try:
+            snap = None
+            if self._store.array_format == 1:  # object stores: TensorStore
+                self._pending_bytes = _diagnose.tree_bytes(tree)
+            else:
+                snap = _format.snapshot(
+                    tree,
+                    process=jax.process_index(),
+                    staging=self._staging,
+                    staging_limit=self._staging_limit,
+                    pool=self._staging_pool,
+                )
+                self._pending_bytes = snap.nbytes
+            if replace:
+                self._store.set_aside(step)
+            fmt = 1 if snap is None else 2
+            self._telemetry.begin(
+                step, started=started, temporary=temporary, fmt=fmt, size=self._pending_bytes
+            )
+            if snap is None:
+                self._store.save_tree(step, tree, meta, metrics, extra_states, temporary=temporary)
+            else:
+                self._store.save(step, snap, meta, metrics, extra_states, temporary=temporary)
+        except TimeoutError:
+            self._pending_step = step  # later waits name it, and stay bounded
+            raise
+        except Exception as exc:
+            self._telemetry.abandon(step)
+            self._recover_store()
+            raise BackgroundWriteError(
+                f"could not start saving step {step} to {self.directory}: "
+                f"{type(exc).__name__}: {exc}."
+                f"{_diagnose.explain(exc, self.directory, self._pending_bytes)}"
+                f"{_peer_hint()}",
+                step=step,
+            ) from exc
+        self._pending_step = step
 
     @property
     def _pending_step(self) -> int | None:
@@ -540,6 +575,18 @@ class Checkpointer:
                 step=step,
             ) from exc
         self._pending_step = None
+        if self._store.replacing is not None:
+            self._store.remove_partial()  # the overwrite committed: its old step goes now
+
+    def _wait_for_others(self) -> None:
+        """One save in flight per directory in this process, across Checkpointers too."""
+        still = self._store.wait_for_others()
+        if still:
+            raise TimeoutError(
+                f"another Checkpointer on {self.directory} in this process is still saving step "
+                f"{', '.join(map(str, still))} after timeout={self._timeout:g} s. Close it (or "
+                "call its wait_until_finished()) before saving from this one."
+            )
 
     def _wait_bounded(self) -> None:
         """`Store.wait()`, but failing with TimeoutError after `timeout` seconds."""
@@ -996,6 +1043,8 @@ class Checkpointer:
                 self._staging_pool = _format.StagingPool()  # give its memory back now
                 _lifecycle.untrack(self)
                 try:
+                    if self._store.replacing is not None:  # e.g. interrupted in save()
+                        self._store.remove_partial()
                     self._store.close()
                 finally:
                     if self._writer_lock is not None:

@@ -31,6 +31,7 @@ STATE_ITEM = "state"  # format 1 (0.1.0, and object stores): TensorStore PyTree
 EXTRAS_ITEM = "extras"  # the JSON states of a step's non-array extras
 CHECKSUMS = "roxxel_checksums.json"  # the step's checksum record
 TRASH = ".roxxel-deleted"  # steps retention is deleting
+REPLACED = ".roxxel-replaced"  # `<step>.roxxel-replaced`: the old step of an overwrite in flight
 WRITER_LOCK = ".roxxel-writer.lock"
 
 Layout = Literal["roxxel", "orbax"]

@@ -16,19 +16,21 @@ Checkpointers that asked to exit at once, raises `SystemExit(143)` so the drain 
 from __future__ import annotations
 
 import concurrent.futures.thread  # noqa: F401  registers its exit hook before ours
+import contextlib
 import logging
 import os
 import signal
 import sys
 import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from types import FrameType
-from typing import Protocol
+from typing import Any, Protocol
 
 logger = logging.getLogger("roxxel")
 
 SIGTERM_EXIT_CODE = 128 + signal.SIGTERM
+_DEFERRED = (signal.SIGINT, signal.SIGTERM)
 
 
 class Drainable(Protocol):
@@ -137,3 +139,39 @@ def install_sigterm_handler() -> bool:
     signal.signal(signal.SIGTERM, _handle_sigterm)
     _handler_installed = True
     return True
+
+
+@contextlib.contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Deliver SIGINT (KeyboardInterrupt) and SIGTERM only once the block has run.
+
+    Python runs signal handlers in the main thread between any two bytecodes, so a Ctrl-C can
+    land between two steps that must happen together (an old step renamed aside and the save
+    that replaces it being tracked; a save marked in flight and queued). While the block runs,
+    a Python handler of either signal is replaced by one that records the signal; the original
+    handler is then called with it. Blocks must be short or bounded (Roxxel's are bounded by
+    `timeout`). Outside the main thread, and for signals without a Python handler, nothing
+    changes. Nested blocks deliver at the outermost.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[tuple[int, FrameType | None]] = []
+
+    def record(signum: int, frame: FrameType | None) -> None:
+        caught.append((signum, frame))
+
+    previous: dict[int, Callable[[int, FrameType | None], Any]] = {}
+    try:
+        for signum in _DEFERRED:
+            handler = signal.getsignal(signum)
+            if callable(handler):
+                previous[signum] = handler
+                signal.signal(signum, record)
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for number, frame in caught:
+            if number in previous:
+                previous[number](number, frame)

@@ -10,8 +10,9 @@ with a process that has just opened it); a clean release empties it.
 Only JAX process 0 takes the lock, since a multi-process job has one Checkpointer per process,
 all writing one checkpoint. Read-only Checkpointers take no lock. Within one process, several
 Checkpointers on the same directory share the lock (a notebook cell run twice must not lock
-itself out); `gs://` and `s3://` directories are not locked (no `flock` there). On a local
-filesystem without `flock` support the lock is skipped with a warning.
+itself out; `_orbax` keeps them from removing each other's saves in flight); `gs://` and
+`s3://` directories are not locked (no `flock` there). On a local filesystem without `flock`
+support the lock is skipped with a warning.
 """
 
 from __future__ import annotations

@@ -13,7 +13,10 @@ The Store owns an Orbax `CheckpointManager` configured for Roxxel:
   barriers; steps written by Roxxel 0.1.0 (TensorStore, item `state`) are still read through
   Orbax's `PyTreeCheckpointHandler`;
 * `CheckpointManager.save()` runs on a background thread, so `save()` blocks only for the
-  snapshot (`_format.snapshot`), never for Orbax's fixed cost per call.
+  snapshot (`_format.snapshot`), never for Orbax's fixed cost per call;
+* an overwritten step is renamed aside (`REPLACED`) until the new one has committed, and the
+  writing Stores of one directory in one process never remove each other's saves in flight
+  (`remove_partial`, `wait_for_others`).
 
 Nothing outside this module imports `orbax`, except `_storage`, which routes `s3://` paths
 inside Orbax's TensorStore layer for reading 0.1.0 steps (`Store._open` picks commit-file
@@ -31,6 +34,8 @@ import os
 import queue
 import shutil
 import threading
+import time
+import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -38,7 +43,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from . import _directory, _format, _integrity, _layout, _migrate, _paths, _storage
+from . import _directory, _format, _integrity, _layout, _lifecycle, _migrate, _paths, _storage
 from ._errors import PARSE_ERRORS, CorruptCheckpointError, RoxxelError
 from ._extras import ARRAY_KINDS
 from ._retention import Retention, steps_to_keep
@@ -77,6 +82,15 @@ _TMP_MARKER = _layout.TMP_MARKER
 # Retention moves a step here with one rename, then Roxxel empties it: a crash in the middle
 # of a deletion never leaves a half-deleted folder that looks like a committed step.
 TRASH = _layout.TRASH
+# `save(step, overwrite=True)` renames the old step to `<step>.roxxel-replaced` and deletes it
+# only once the new one has committed; a writer that finds it with no `<step>` renames it back.
+REPLACED = _layout.REPLACED
+
+# The writing Stores of each local directory in this process. Several Checkpointers on one
+# directory share its writer lock (a notebook cell run twice), so each must leave the others'
+# saves in flight alone: `remove_partial` skips their folders, a new one waits for them.
+_writers_guard = threading.Lock()
+_writers: dict[str, weakref.WeakSet[Store]] = {}
 
 
 def run_bounded(call: Callable[[], Any], *, timeout: float, name: str) -> threading.Thread | None:
@@ -282,6 +296,26 @@ class _Manager(ocp.CheckpointManager):  # type: ignore[misc]  # Orbax ships no s
         return value
 
 
+def _step_of(name: str) -> int | None:
+    """The step a folder name of Roxxel's or Orbax's belongs to (`12`, `12.orbax-...`)."""
+    head = name.split(".", 1)[0]
+    return int(head) if head.isdigit() else None
+
+
+def _fsync_dir(directory: str) -> None:
+    """Make a rename in `directory` durable (best effort: some filesystems refuse)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 class Store:
     """A checkpoint directory seen through Orbax."""
 
@@ -326,8 +360,12 @@ class Store:
         self.array_format = (
             1 if _storage.is_object_store(directory) or compression else FORMAT_VERSION
         )
+        self._replacing: int | None = None  # the step an overwrite set aside (REPLACED)
         with self._parsing(None):
             self._manager = self._open()
+        if not read_only and not _paths.is_url(directory):
+            with _writers_guard:
+                _writers.setdefault(directory, weakref.WeakSet()).add(self)
         if not read_only:
             self.temporary_steps()  # known before retention first runs, off Orbax's threads
 
@@ -624,7 +662,9 @@ class Store:
             }
         )
         self._set_temporary(step, temporary)
-        self._saving_step = step
+        with _writers_guard:  # seen in flight by `remove_partial` from here on
+            self._saving_step = step
+            self._idle.clear()
         self._save_error = None
         metrics = dict(metrics or {})
 
@@ -642,9 +682,11 @@ class Store:
             # process must issue in the same order as the training step's own; from a
             # background thread they interleave differently per process and deadlock (seen
             # with a 2-process job). So here it stays on the caller's thread, bounded.
-            self._bounded(call, f"starting to save step {step}")
+            try:
+                self._bounded(call, f"starting to save step {step}")
+            finally:
+                self._idle.set()  # a call still running keeps `_worker` alive
             return
-        self._idle.clear()
         if self._saver is None:
             saver = threading.Thread(target=self._run_saves, name="roxxel-save", daemon=True)
             try:
@@ -683,12 +725,19 @@ class Store:
             }
         )
         self._set_temporary(step, temporary)
-        self._saving_step = step
+        with _writers_guard:  # seen in flight by `remove_partial` from here on
+            self._saving_step = step
+            self._idle.clear()
         self._save_error = None
-        self._bounded(
-            lambda: self._manager.save(step, args=args, metrics=dict(metrics or {}), force=True),
-            f"starting to save step {step}",
-        )
+        try:
+            self._bounded(
+                lambda: self._manager.save(
+                    step, args=args, metrics=dict(metrics or {}), force=True
+                ),
+                f"starting to save step {step}",
+            )
+        finally:
+            self._idle.set()  # a call still running keeps `_worker` alive
 
     def _run_saves(self) -> None:
         """The Store's saver thread: one long-lived daemon thread, so that `save()` does not
@@ -770,6 +819,88 @@ class Store:
         with self._temporary_lock:
             self._temporary.pop(step, None)
 
+    def set_aside(self, step: int) -> None:
+        """Make room for a new `step` (an overwrite) without losing the old one yet.
+
+        On a local directory written by one process the old step is renamed to
+        `<step>.roxxel-replaced` (one rename, then the directory is fsynced): it is deleted by
+        `remove_partial` once the new step has committed, and renamed back if the new one
+        never does, so a crash or a failed write at any moment leaves one of the two. On object
+        stores (no rename) and in multi-process jobs (every process would have to agree on the
+        rename) the old step is deleted first, as before.
+        """
+        if _paths.is_url(self.directory) or jax.process_count() > 1:
+            self._manager.delete(step)
+            return
+        aside = os.path.join(self.directory, f"{step}{REPLACED}")
+        if os.path.lexists(aside):  # an older aside of this step: the committed one is newer
+            shutil.rmtree(aside)
+        os.rename(self.step_dir(step), aside)
+        _fsync_dir(self.directory)
+        self._replacing = step
+        self._manager.reload()  # Orbax must forget the step, or its save() refuses it
+
+    @property
+    def replacing(self) -> int | None:
+        """The step whose old version is set aside until the new one commits."""
+        return self._replacing
+
+    def _live_steps(self, *, own: bool = True) -> set[int]:
+        """Steps being saved now by this process's writers of this directory (this one's too,
+        unless `own` is False).
+
+        Called with `_writers_guard` held, under which every save marks itself in flight.
+        """
+        stores = {*_writers.get(self.directory, ()), self}
+        if not own:
+            stores.discard(self)
+        return {s._saving_step for s in stores if s._saving_step is not None and s.is_saving()}
+
+    def wait_for_others(self) -> list[int]:
+        """Wait for saves in flight by other Checkpointers of this directory in this process.
+
+        Waits at most `timeout` seconds and logs what it waited for and how that ended.
+        Returns the steps still in flight when time ran out (their folders are left alone, and
+        their own Checkpointer, or the exit drain, commits them).
+        """
+        with _writers_guard:
+            others = [s for s in _writers.get(self.directory, ()) if s is not self]
+        busy = {s: s._saving_step for s in others if s.is_saving()}
+        if not busy:
+            return []
+        steps = sorted(step for step in busy.values() if step is not None)
+        logger.info(
+            "roxxel: another Checkpointer on %s in this process is saving step %s; waiting for "
+            "it (at most timeout=%g s) before opening the directory",
+            self.directory,
+            ", ".join(map(str, steps)),
+            self.timeout,
+        )
+        started = time.monotonic()
+        while any(s.is_saving() for s in busy) and time.monotonic() - started < self.timeout:
+            time.sleep(0.01)
+        waited = time.monotonic() - started
+        still = sorted(step for s, step in busy.items() if step is not None and s.is_saving())
+        if still:
+            logger.warning(
+                "roxxel: step %s of another Checkpointer on %s in this process is still being "
+                "saved after %.1f s; its unfinished folder is left to it (its close(), or the "
+                "exit, commits it)",
+                ", ".join(map(str, still)),
+                self.directory,
+                waited,
+            )
+            return still
+        committed = [step for step in steps if os.path.isdir(self.step_dir(step))]
+        logger.info(
+            "roxxel: waited %.2f s for step %s of another Checkpointer on %s in this process: %s",
+            waited,
+            ", ".join(map(str, steps)),
+            self.directory,
+            "committed" if committed == steps else f"committed: {committed or 'none'}",
+        )
+        return []
+
     def is_saving(self) -> bool:
         return (
             not self._idle.is_set()
@@ -804,11 +935,15 @@ class Store:
             self._manager.close()
         except Exception:  # already reported by the caller
             logger.debug("closing the Orbax manager after a failed save", exc_info=True)
-        self.remove_partial()
+        self.remove_partial(own_save_over=True)
         self._manager = self._open()
 
     def close(self) -> None:
         """Close the Orbax manager; if a save is stuck, give up after `timeout` seconds."""
+        with _writers_guard:
+            writers = _writers.get(self.directory)
+            if writers is not None and not self.is_saving():
+                writers.discard(self)
         if self._saver is not None:
             self._jobs.put(None)  # after any queued save: the saver thread then ends
             self._saver = None
@@ -820,22 +955,53 @@ class Store:
         except TimeoutError as exc:
             logger.error("roxxel: %s", exc)
 
-    def remove_partial(self) -> list[str]:
-        """Delete folders of saves that never committed (`<step>.orbax-checkpoint-tmp*`)."""
+    def remove_partial(self, *, own_save_over: bool = False) -> list[str]:
+        """Delete folders of saves that never committed (`<step>.orbax-checkpoint-tmp*`), and
+        settle overwrites: an old step set aside (`<step>.roxxel-replaced`) is deleted if the
+        new `<step>` committed and renamed back if not.
+
+        Folders of saves in flight in this process (this Store's or another Checkpointer's on
+        the same directory) are left alone; `own_save_over` says this Store's last save is
+        over whatever its manager reports (`recover()` closed that manager).
+        """
         if self.read_only or _paths.is_url(self.directory) or jax.process_index() != 0:
             return []
-        removed = []
-        try:
-            entries = list(os.scandir(self.directory))
-        except OSError:
-            return []
-        for entry in entries:
-            if _TMP_MARKER in entry.name and entry.is_dir(follow_symlinks=False):
-                shutil.rmtree(entry.path, ignore_errors=True)
-                removed.append(entry.name)
+        removed: list[str] = []
+        restored: list[int] = []
+        # Deferred Ctrl-C: a half-done pass would leave a folder behind at exit.
+        with _lifecycle.interrupts_deferred(), _writers_guard:
+            # A save that starts after this scan makes its folder after it.
+            live = self._live_steps(own=not own_save_over)
+            try:
+                entries = list(os.scandir(self.directory))
+            except OSError:
+                return []
+            for entry in entries:
+                step = _step_of(entry.name)
+                if step in live or not entry.is_dir(follow_symlinks=False):
+                    continue
+                if _TMP_MARKER in entry.name:
+                    shutil.rmtree(entry.path, ignore_errors=True)
+                    removed.append(entry.name)
+                elif step is not None and entry.name == f"{step}{REPLACED}":
+                    if os.path.lexists(self.step_dir(step)):  # the new one committed
+                        shutil.rmtree(entry.path, ignore_errors=True)
+                    else:
+                        os.rename(entry.path, self.step_dir(step))
+                        _fsync_dir(self.directory)
+                        restored.append(step)
+            if self._replacing is not None and self._replacing not in live:
+                self._replacing = None
         self.empty_trash()
         if removed:
             logger.info("roxxel: removed unfinished checkpoint folders %s", sorted(removed))
+        if restored:
+            logger.warning(
+                "roxxel: restored step %s in %s: it was being overwritten and the new version "
+                "never committed",
+                ", ".join(map(str, sorted(restored))),
+                self.directory,
+            )
         return removed
 
     def empty_trash(self) -> None:

@@ -46,6 +46,8 @@ _GCS_DEFAULT_URL = "https://storage.googleapis.com"
 
 _install_lock = threading.Lock()
 _installed = False
+ORIGINALS: dict[str, Callable[..., Any]] = {}
+"""Orbax's own functions that `install_s3_routing` replaced, by name (kept for its tests)."""
 
 
 def is_object_store(path: str) -> bool:
@@ -130,6 +132,11 @@ def install_s3_routing() -> None:
                 return s3_kvstore_spec(path)
             return original_kvstore(path)
 
+        ORIGINALS.update(
+            _normalize_path=original_normalize,
+            _use_gcs_driver=original_use_remote,
+            get_kvstore_for_gcs=original_kvstore,
+        )
         tensorstore_utils._normalize_path = normalize_path
         tensorstore_utils._use_gcs_driver = use_remote_driver
         gcs_utils.get_kvstore_for_gcs = kvstore_for
