@@ -48,25 +48,3 @@ def test_host_view_of_a_cpu_array_is_zero_copy() -> None:
     view = np.asarray(x)
     assert view.ctypes.data == x.unsafe_buffer_pointer()
     assert not view.flags.writeable
-
-
-def test_finalize_checkpoint_runs_after_the_commit_and_before_deletions(tmp_path: Path) -> None:
-    """Why `_Manager._finalize_checkpoint` reports the commit (telemetry) and why a temporary
-    step is never deleted before its replacement commits: Orbax's finalize thread reaches
-    `_finalize_checkpoint` once the step's folder is renamed into place, with the steps that
-    retention let go still on disk, and deletes them after it."""
-    seen: list[tuple[int, bool, list[str]]] = []
-
-    class Manager(ocp.CheckpointManager):  # type: ignore[misc]
-        def _finalize_checkpoint(self, step: int) -> None:
-            super()._finalize_checkpoint(step)
-            names = sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("."))
-            seen.append((step, (tmp_path / str(step)).is_dir(), names))
-
-    options = ocp.CheckpointManagerOptions(max_to_keep=1)
-    with Manager(tmp_path, options=options) as manager:
-        for step in (1, 2):
-            manager.save(step, args=ocp.args.StandardSave(_tree(step)))
-        manager.wait_until_finished()
-        assert list(manager.all_steps()) == [2]
-    assert seen == [(1, True, ["1"]), (2, True, ["1", "2"])]

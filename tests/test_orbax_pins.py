@@ -1,7 +1,8 @@
 """Every private Orbax name Roxxel touches, pinned: it exists, has the signature Roxxel calls or
 overrides, and does what Roxxel relies on.
 
-Roxxel overrides two private methods of `CheckpointManager` (`_finalize`, `_get_metrics`),
+Roxxel overrides three private methods of `CheckpointManager` (`_finalize`,
+`_finalize_checkpoint`, `_get_metrics`),
 replaces three private functions of Orbax's TensorStore layer for `s3://` paths
 (`_storage.install_s3_routing`), imports two private modules for that, and builds on a few
 behaviours that Orbax documents nowhere (when the post-finalization callback runs, what
@@ -24,6 +25,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 from orbax.checkpoint._src.path import gcs_utils
@@ -39,6 +41,9 @@ PINNED = {
         "test_finalize_is_handed_the_steps_to_delete_and_moves_them_to_the_trash"
     ),
     "CheckpointManager._get_metrics": "test_get_metrics_is_the_one_reader_of_metrics_files",
+    "CheckpointManager._finalize_checkpoint": (
+        "test_finalize_checkpoint_runs_after_the_commit_and_before_deletions"
+    ),
     "tensorstore_utils._normalize_path": _S3,
     "tensorstore_utils._use_gcs_driver": _S3,
     "gcs_utils.get_kvstore_for_gcs": _S3,
@@ -277,3 +282,26 @@ def test_post_finalization_callback_runs_in_the_unfinished_folder_before_the_com
         return {k: v for k, v in metadata.items() if k != "commit_timestamp_nsecs"}
 
     assert without_commit_time(after) == without_commit_time(before)
+
+
+def test_finalize_checkpoint_runs_after_the_commit_and_before_deletions(tmp_path: Path) -> None:
+    """Why `_Manager._finalize_checkpoint` reports the commit (telemetry) and why a temporary
+    step is never deleted before its replacement commits: Orbax's finalize thread reaches
+    `_finalize_checkpoint` once the step's folder is renamed into place, with the steps that
+    retention let go still on disk, and deletes them after it."""
+    assert _params(ocp.CheckpointManager._finalize_checkpoint) == ["self", "step"]
+    seen: list[tuple[int, bool, list[str]]] = []
+
+    class Manager(ocp.CheckpointManager):  # type: ignore[misc]
+        def _finalize_checkpoint(self, step: int) -> None:
+            super()._finalize_checkpoint(step)
+            names = sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("."))
+            seen.append((step, (tmp_path / str(step)).is_dir(), names))
+
+    options = ocp.CheckpointManagerOptions(max_to_keep=1)
+    with Manager(tmp_path, options=options) as manager:
+        for step in (1, 2):
+            manager.save(step, args=ocp.args.StandardSave({"w": np.full((4,), float(step))}))
+        manager.wait_until_finished()
+        assert list(manager.all_steps()) == [2]
+    assert seen == [(1, True, ["1"]), (2, True, ["1", "2"])]

@@ -211,6 +211,11 @@ def _ranking_value(retention: Retention) -> Any:
     return best_fn
 
 
+def _written_by_roxxel(directory: str, name: str) -> bool:
+    found = _directory.classify(directory, name)
+    return isinstance(found, _layout.StepFolder) and found.layout == "roxxel"
+
+
 class _RoxxelSteps(ocp.step.NameFormat):  # type: ignore[misc]  # no stubs
     """Orbax's standard step names, listing only the steps Roxxel wrote (`_directory`).
 
@@ -227,18 +232,14 @@ class _RoxxelSteps(ocp.step.NameFormat):  # type: ignore[misc]  # no stubs
     def build_name(self, step: int) -> str:
         return str(self._standard.build_name(step))
 
-    def _ours(self, name: str) -> bool:
-        found = _directory.classify(self._directory, name)
-        return isinstance(found, _layout.StepFolder) and found.layout == "roxxel"
-
     def find_all(self, base_path: Any) -> Iterator[Any]:
         for metadata in self._standard.find_all(base_path):
-            if self._ours(metadata.path.name):
+            if _written_by_roxxel(self._directory, metadata.path.name):
                 yield metadata
 
     def find_step(self, base_path: Any, step: int) -> Any:
         metadata = self._standard.find_step(base_path, step)
-        if not self._ours(metadata.path.name):
+        if not _written_by_roxxel(self._directory, metadata.path.name):
             raise ValueError(f"step folder {metadata.path} was not written by Roxxel")
         return metadata
 
