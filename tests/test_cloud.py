@@ -233,9 +233,13 @@ def test_roxxel_command_reads_the_bucket(store: tuple[str, servers.Server]) -> N
 
 @pytest.mark.slow
 def test_two_process_job_saves_to_s3_and_one_process_restores(
-    s3_server: servers.Server, tmp_path: Path
+    s3_server: servers.Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The multi-host case: 2 `jax.distributed` processes share one `s3://` checkpoint."""
+    from roxxel.checkpoint import verify
+
+    for name, value in s3_server.env.items():  # for `verify` in this process
+        monkeypatch.setenv(name, value)
     url = fresh_url("s3")
     out = tmp_path / "out"
     out.mkdir()
@@ -247,6 +251,10 @@ def test_two_process_job_saves_to_s3_and_one_process_restores(
     assert {"4/state/ocdbt.process_0/manifest.ocdbt", "4/commit_success.txt"} <= set(keys)
     assert "4/state/ocdbt.process_1/manifest.ocdbt" in keys
     assert not [key for key in keys if "orbax-checkpoint-tmp" in key]
+    # the primary recorded every object, the other process's included, after the barrier
+    results = verify(url)
+    assert [r.step for r in results] == [1, 3, 4] and all(r.verified for r in results), results
+    assert any(k.startswith("4/state/ocdbt.process_1/d/") for k in keys)
 
     single = run_job("restore", url, out, processes=1, local_devices=2, env=s3_server.env)
     check_ok(single)
@@ -364,3 +372,55 @@ def test_a_local_checkpoint_copied_to_the_bucket_restores_from_it(
         assert ck.all_steps() == [2]
         assert ck.restore() == 2
     assert_same_state(state_arrays(model2, optimizer2), saved)
+
+
+def test_every_object_is_checksummed_and_damage_is_found(
+    store: tuple[str, servers.Server], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """On object stores the record is written through fsspec after the upload (every object
+    read back once), before the commit marker; `verify`, `roxxel ls` and `restore()` read it
+    back through fsspec."""
+    import fsspec
+
+    from roxxel.checkpoint import CorruptCheckpointError, verify
+
+    backend, server = store
+    url = fresh_url(backend)
+    model, optimizer = make(0)
+    with Checkpointer(url, model, optimizer, max_to_keep=None) as ck:
+        ck.save(1, {"loss": 1.0})
+        ck.wait_until_finished()
+        first = state_arrays(model, optimizer)
+        train_steps(model, optimizer, 1)
+        ck.save(2, {"loss": 0.5})
+    results = verify(url)
+    assert [r.step for r in results] == [1, 2] and all(r.verified for r in results), results
+    objects = [k for k in object_keys(backend, server, url) if k.startswith("2/")]
+    # every object of the step but the record itself: arrays, metadata and commit marker
+    assert results[1].files_checked == len(objects) - 1
+    assert {"2/_CHECKPOINT_METADATA", "2/commit_success.txt"} <= set(objects)
+
+    fs, root = fsspec.core.url_to_fs(url)
+    data_object = max(
+        (k for k in objects if "/d/" in k), key=lambda k: fs.size(f"{root}/{k}")
+    ).split("/", 1)[1]
+    for name, damage in [("_CHECKPOINT_METADATA", "truncate"), (data_object, "flip")]:
+        path = f"{root}/2/{name}"
+        original = fs.cat_file(path)
+        if damage == "truncate":
+            fs.pipe_file(path, original[: len(original) // 2])
+        else:
+            fs.pipe_file(path, original[:-1] + bytes([original[-1] ^ 1]))
+        (result,) = verify(url, step=2)
+        assert not result.ok and any(p.startswith(name) for p in result.problems), result
+        assert roxxel_main(["ls", url, "--progress", "never"]) == 0
+        rows = [line for line in capsys.readouterr().out.splitlines() if "committed  " in line]
+        assert "BAD" in rows[1] and rows[0].rstrip().endswith("ok"), rows
+        model2, optimizer2 = make(1)
+        with Checkpointer(url, model2, optimizer2, read_only=True) as ck2:
+            with pytest.raises(CorruptCheckpointError, match=name):
+                ck2.restore(step=2)
+            assert ck2.restore() == 1
+        assert_same_state(first, state_arrays(model2, optimizer2))
+        fs.pipe_file(path, original)
+    assert all(r.verified for r in verify(url))

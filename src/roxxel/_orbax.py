@@ -119,8 +119,11 @@ class _ArrayHandler(ocp.AsyncCheckpointHandler):  # type: ignore[misc]  # no stu
     goes around Orbax (`Store.read` calls `_format` directly): Orbax's restore adds nothing.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, process_records: bool = False) -> None:
         self.last: _format.Written | None = None
+        # In a multi-process job each process records its own files (`_integrity`), here,
+        # on its commit thread, once they are written and before Orbax's barrier.
+        self.process_records = process_records
 
     async def async_save(self, directory: Any, args: _ArraysSave) -> list[Any]:
         async def write() -> None:
@@ -130,6 +133,8 @@ class _ArrayHandler(ocp.AsyncCheckpointHandler):  # type: ignore[misc]  # no stu
 
     def save(self, directory: Any, args: _ArraysSave) -> None:
         self.last = _format.write(str(directory), args.snapshot)
+        if self.process_records:
+            _integrity.record_process(str(directory), jax.process_index())
 
     def restore(self, directory: Any, args: Any = None) -> Any:
         raise NotImplementedError("Roxxel reads its array format through Store.read")
@@ -227,11 +232,10 @@ class Store:
         # weights (docs/design.md, "compression"), so it is off unless asked for.
         self.compression = compression
         _storage.prepare(directory, timeout=timeout)
-        # Content checksums (`_integrity`) on local directories; recorded by one process only.
-        self.verifies_checksums = not _paths.is_url(directory)
-        self.records_checksums = (
-            self.verifies_checksums and not read_only and jax.process_count() == 1
-        )
+        # Content checksums (`_integrity`), locally and on object stores; the step's record is
+        # written by the primary process, each process's own array files by that process.
+        self.verifies_checksums = True
+        self.records_checksums = not read_only
         self._saving_step: int | None = None
         self._worker = threading.Thread()  # the last `_bounded` call (a finished placeholder)
         self._save_error: BaseException | None = None  # from the background `save` thread
@@ -240,7 +244,9 @@ class Store:
         self._idle = threading.Event()  # set while the saver thread has nothing to do
         self._idle.set()
         self._saver: threading.Thread | None = None
-        self._array_handler = _ArrayHandler()
+        self._array_handler = _ArrayHandler(
+            process_records=self.records_checksums and jax.process_count() > 1
+        )
         # The format new steps are written in: Roxxel's files locally, TensorStore on object
         # stores (see `save_tree`) and when zstd compression is asked for (format 2 has none).
         self.array_format = (
@@ -263,7 +269,9 @@ class Store:
                     self._record_checksums if self.records_checksums else None
                 ),
             ),
-            todelete_subdir=TRASH if self.verifies_checksums and not self.read_only else None,
+            todelete_subdir=(
+                TRASH if not _paths.is_url(self.directory) and not self.read_only else None
+            ),
             # Object stores cannot rename a folder: commit with commit_success.txt instead.
             atomicity_options=(
                 ocp.options.AtomicityOptions(mode=ocp.options.AtomicityMode.COMMIT_FILE)
@@ -295,7 +303,7 @@ class Store:
             if not self._manager_matches_disk():
                 self._manager.reload()
             steps = sorted(int(s) for s in self._manager.all_steps())
-        if self.verifies_checksums:
+        if not _paths.is_url(self.directory):
             steps = [s for s in steps if not os.path.islink(self.step_dir(s))]
         return steps
 
@@ -543,15 +551,23 @@ class Store:
             )
 
     def step_dir(self, step: int) -> str:
-        """The folder of a committed step (local directories)."""
+        """The folder of a committed step (a URL on object stores)."""
+        if _paths.is_url(self.directory):
+            return f"{self.directory.rstrip('/')}/{step}"
         return os.path.join(self.directory, str(step))
 
     def _record_checksums(self) -> None:
-        """Orbax's hook on its commit thread, after every file is written, before the rename."""
+        """Orbax's hook on the primary's commit thread, after every process's files are written
+        (Orbax's barrier), before the rename (or, on object stores, the commit marker)."""
         step = self._saving_step
-        prefix = f"{step}{_TMP_MARKER}"
-        candidates = [e.path for e in os.scandir(self.directory) if e.name.startswith(prefix)]
-        if len(candidates) != 1:
+        object_store = _storage.is_object_store(self.directory)
+        candidates: list[str] = []
+        if step is not None and object_store:  # commit-file atomicity: written in place
+            candidates = [self.step_dir(step)]
+        elif step is not None:
+            prefix = f"{step}{_TMP_MARKER}"
+            candidates = [e.path for e in os.scandir(self.directory) if e.name.startswith(prefix)]
+        if step is None or len(candidates) != 1:
             logger.warning(
                 "roxxel: step %s is committed without checksums: its unfinished folder was not "
                 "found in %s (found %s)",
@@ -561,7 +577,15 @@ class Store:
             )
             return
         try:
-            _integrity.record(candidates[0])
+            _integrity.record(
+                candidates[0],
+                process_records=(
+                    jax.process_count()
+                    if self._array_handler.process_records and self.array_format >= 2
+                    else 0
+                ),
+                commit_marker=self.step_dir(step),  # Orbax writes it, then commits
+            )
         except Exception as exc:  # noqa: BLE001  a missing record must not lose the step
             logger.warning(
                 "roxxel: step %s is committed without checksums: writing them failed: %s",
