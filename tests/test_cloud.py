@@ -32,29 +32,6 @@ from roxxel.checkpoint import Checkpointer, CheckpointPathError, StorageUnreacha
 SCHEMES = {"s3": "s3", "gcs": "gs"}
 
 
-@pytest.fixture(scope="session")
-def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[servers.Server]:
-    with servers.seaweed_s3(tmp_path_factory.mktemp("seaweedfs")) as server:
-        yield server
-
-
-@pytest.fixture(scope="session")
-def gcs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[servers.Server]:
-    with servers.fake_gcs(tmp_path_factory.mktemp("fake-gcs")) as server:
-        yield server
-
-
-@pytest.fixture(params=["s3", "gcs"])
-def store(
-    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
-) -> tuple[str, servers.Server]:
-    """(backend name, server), with this process's environment pointing at the server."""
-    server: servers.Server = request.getfixturevalue(f"{request.param}_server")
-    for name, value in server.env.items():
-        monkeypatch.setenv(name, value)
-    return request.param, server
-
-
 def fresh_url(backend: str) -> str:
     return f"{SCHEMES[backend]}://{servers.BUCKET}/run-{uuid.uuid4().hex[:8]}"
 

@@ -33,6 +33,7 @@ from ._errors import (
     NoCheckpointError,
     ReadOnlyError,
     RestoreMismatchError,
+    RoxxelError,
     StepExistsError,
     StepNotFoundError,
     StepOrderError,
@@ -780,10 +781,28 @@ class Checkpointer:
                 self._staging_pool = _format.StagingPool()  # give its memory back now
                 _lifecycle.untrack(self)
                 try:
-                    self._store.close()
+                    self._close_store()
                 finally:
                     if self._writer_lock is not None:
                         self._writer_lock.release(clean=not self._store.is_saving())
+
+    def _close_store(self) -> None:
+        """`Store.close()`, its failure reported as a Roxxel error.
+
+        A save whose start timed out (storage unreachable) may fail later in Orbax's threads;
+        Orbax raises that from `close()` as the storage client's own exception.
+        """
+        try:
+            self._store.close()
+        except (RoxxelError, TimeoutError):
+            raise
+        except Exception as exc:
+            raise BackgroundWriteError(
+                f"closing the Checkpointer on {self.directory}: a save that was still running "
+                f"in the background failed: {type(exc).__name__}: {exc}. Steps committed "
+                "before it are intact; restore() returns the newest of them.",
+                step=None,
+            ) from exc
 
     def __enter__(self) -> Checkpointer:
         self._check_open()

@@ -819,8 +819,12 @@ def _object_store_steps(url: str) -> list[int]:
     candidates = [n for n in names if n.isascii() and n.isdigit() and n == str(int(n))]
     markers = [f"{root}/{n}/{COMMIT_MARKER}" for n in candidates]
     present = fs.cat(markers, on_error="return") if markers else {}
-    return sorted(
-        int(n)
-        for n, marker in zip(candidates, markers, strict=True)
-        if not isinstance(present.get(marker, FileNotFoundError()), Exception)
-    )
+    steps = []
+    for name, marker in zip(candidates, markers, strict=True):
+        body = present.get(marker, FileNotFoundError(marker))
+        if isinstance(body, FileNotFoundError):
+            continue  # not committed
+        if isinstance(body, Exception):
+            raise body  # the store failed: never taken for "no such step"
+        steps.append(int(name))
+    return sorted(steps)

@@ -577,6 +577,14 @@ class Store:
             )
             return
         try:
+            # Orbax writes `_CHECKPOINT_METADATA` through its metadata store's own thread: the
+            # record must read it after that write (on a store that was briefly down, it read
+            # the version of an earlier attempt at the step without this wait).
+            metadata_store = getattr(
+                getattr(self._manager, "_checkpointer", None), "_metadata_store", None
+            )
+            if metadata_store is not None:
+                metadata_store.wait_until_finished()
             _integrity.record(
                 candidates[0],
                 process_records=(
