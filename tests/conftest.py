@@ -15,6 +15,8 @@ import optax
 import pytest
 from flax import nnx
 
+import servers
+
 REPO = Path(__file__).resolve().parents[1]
 SPEC_PAGE = REPO.parent / "shared" / "spec" / "checkpointing-page.txt"
 
@@ -112,3 +114,27 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         yield mount
     finally:
         subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+# Object-store servers (tests/servers.py), started once per session when a test asks.
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[servers.Server]:
+    with servers.seaweed_s3(tmp_path_factory.mktemp("seaweedfs")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def gcs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[servers.Server]:
+    with servers.fake_gcs(tmp_path_factory.mktemp("fake-gcs")) as server:
+        yield server
+
+
+@pytest.fixture(params=["s3", "gcs"])
+def store(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> tuple[str, servers.Server]:
+    """(backend name, server), with this process's environment pointing at the server."""
+    server: servers.Server = request.getfixturevalue(f"{request.param}_server")
+    for name, value in server.env.items():
+        monkeypatch.setenv(name, value)
+    return request.param, server

@@ -8,6 +8,7 @@ make real size-limited or read-only filesystems and always unmount them.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -157,3 +158,89 @@ class LineReader:
         while needle not in self.next(max(0.1, deadline - time.monotonic())):
             pass
         return self.seen[start:]
+
+
+class Zygote:
+    """A `tests/crash_writer.py` process: forks one writer per trial, which the test kills.
+
+    `env` is added to the environment (object-store endpoints, XLA device count).
+    """
+
+    def __init__(self, process: int, processes: int, cwd: Path, env: dict[str, str]) -> None:
+        import os
+        import sys
+
+        script = Path(__file__).with_name("crash_writer.py")
+        self.proc = subprocess.Popen(
+            [sys.executable, str(script), str(process), str(processes)],
+            cwd=cwd,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            env={**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1", **env},
+        )
+        assert self.proc.stdout is not None
+        self.output = LineReader(self.proc.stdout)
+
+    def fork(self, directory: str, port: int = 0, command: str = "write") -> int:
+        """Start a writer (or a checker) on `directory`; its pid."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(f"{command} {directory} {port}\n".encode())
+        self.proc.stdin.flush()
+        line = self.output.next(60)
+        assert line.startswith("pid "), line
+        return int(line.split()[1])
+
+    def kill_and_reap(self, pid: int) -> int:
+        """SIGKILL the writer (if still alive), wait until the zygote reaped it, and return
+        the step it last began to save (0: none)."""
+        import os
+        import signal
+
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        self.output.until("reaped", 60)
+        for line in reversed(self.output.seen):
+            if line.startswith("saving "):
+                return int(line.split()[1])
+            if line.startswith("pid "):
+                break
+        return 0
+
+    def restarted_job(self, directory: str) -> tuple[int, int]:
+        """(step restored, step its values show) in a forked restarted job; AssertionError
+        with the error's text if `restore()` raised."""
+        self.fork(directory, command="check")
+        line = self.output.until("checked", 120)[-1]
+        self.output.until("reaped", 60)
+        assert not line.startswith("checked error"), line
+        _, step, stamped = line.split()
+        return int(step), int(stamped)
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait(timeout=30)
+        for stream in (self.proc.stdin, self.proc.stdout):
+            if stream is not None:
+                stream.close()
+
+
+@dataclasses.dataclass
+class TrialCounts:
+    """What a run of crash trials saw, printed at its end."""
+
+    kind: str
+    trials: int = 0
+    mid_write: int = 0  # the kill left an unfinished step behind
+    outcomes: dict[str, int] = dataclasses.field(default_factory=dict)
+    restored: list[int] = dataclasses.field(default_factory=list)
+
+    def outcome(self, name: str) -> None:
+        self.outcomes[name] = self.outcomes.get(name, 0) + 1
+
+    def report(self) -> str:
+        return (
+            f"crash trials ({self.kind}): {self.trials} trials; killed mid-write in "
+            f"{self.mid_write}; outcomes {dict(sorted(self.outcomes.items()))}; restored steps "
+            f"{self.restored}"
+        )

@@ -21,10 +21,11 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 S3_ACCESS_KEY = "ciaccesskey"
@@ -38,6 +39,10 @@ class Server:
     url: str
     env: dict[str, str]
     log: Path
+    # Stop the server (SIGKILL) and start it again on the same port and data: for the crash
+    # trials that restart the store during a save (tests/test_crash_stores.py).
+    stop: Callable[[], None] = lambda: None
+    start: Callable[[], None] = lambda: None
 
 
 def _port_free(port: int) -> bool:
@@ -97,10 +102,16 @@ def _die_with_parent(args: list[str]) -> list[str]:
 
 
 def _spawn(args: list[str], log: Path, workdir: Path) -> subprocess.Popen[bytes]:
-    """Start a server in its own session, its output in `log`, killed if pytest dies."""
-    with open(log, "wb") as out:
+    """Start a server in its own session, its output in `log`, killed if pytest dies.
+
+    From any thread but the main one (a restart in a crash trial) the server is not tied to
+    its parent: the kernel's parent-death signal follows the thread that started the process,
+    and would kill the server when that thread ends. The fixture's teardown kills it.
+    """
+    main = threading.current_thread() is threading.main_thread()
+    with open(log, "ab") as out:
         return subprocess.Popen(
-            _die_with_parent(args),
+            _die_with_parent(args) if main else args,
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -163,7 +174,7 @@ def seaweed_s3(workdir: Path) -> Iterator[Server]:
         "-s3.port.lance=0",
         f"-s3.config={config}",
     ]
-    proc = _spawn(args, log, workdir)
+    procs = [_spawn(args, log, workdir)]
     try:
         url = f"http://127.0.0.1:{s3}"
         env = {
@@ -173,11 +184,17 @@ def seaweed_s3(workdir: Path) -> Iterator[Server]:
             "AWS_DEFAULT_REGION": "us-east-1",
             "AWS_EC2_METADATA_DISABLED": "true",
         }
-        _wait_http(url, proc, log, 60)
-        _make_s3_bucket(url, log, proc)
-        yield Server("seaweedfs", url, env, log)
+        _wait_http(url, procs[0], log, 60)
+        _make_s3_bucket(url, log, procs[0])
+
+        def start() -> None:
+            procs.append(_spawn(args, log, workdir))
+            _wait_http(url, procs[-1], log, 60)
+            _make_s3_bucket(url, log, procs[-1])
+
+        yield Server("seaweedfs", url, env, log, lambda: _kill(procs[-1]), start)
     finally:
-        _kill(proc)
+        _kill(procs[-1])
 
 
 def _make_s3_bucket(url: str, log: Path, proc: subprocess.Popen[bytes]) -> None:
@@ -200,7 +217,8 @@ def _make_s3_bucket(url: str, log: Path, proc: subprocess.Popen[bytes]) -> None:
             client.delete_object(Bucket=BUCKET, Key="probe")
             return
         except client.exceptions.BucketAlreadyOwnedByYou:
-            continue
+            client.put_object(Bucket=BUCKET, Key="probe", Body=b"ok")  # a restarted server
+            return
         except (BotoCoreError, ClientError):
             if time.monotonic() > end or proc.poll() is not None:
                 raise RuntimeError(f"SeaweedFS not ready:\n{log.read_text()[-3000:]}") from None
@@ -241,9 +259,9 @@ def fake_gcs(workdir: Path) -> Iterator[Server]:
         f"-public-host=127.0.0.1:{port}",
         "-log-level=warn",
     ]
-    proc = _spawn(args, log, workdir)
+    procs = [_spawn(args, log, workdir)]
     try:
-        _wait_http(f"{url}/storage/v1/b", proc, log, 30)
+        _wait_http(f"{url}/storage/v1/b", procs[0], log, 30)
         request = urllib.request.Request(
             f"{url}/storage/v1/b",
             data=json.dumps({"name": BUCKET}).encode(),
@@ -251,6 +269,11 @@ def fake_gcs(workdir: Path) -> Iterator[Server]:
             method="POST",
         )
         urllib.request.urlopen(request, timeout=10).close()
+
+        def start() -> None:  # the bucket is kept in the filesystem backend
+            procs.append(_spawn(args, log, workdir))
+            _wait_http(f"{url}/storage/v1/b/{BUCKET}", procs[-1], log, 30)
+
         dead = "127.0.0.1:9"  # nothing listens there: no fallback to real Google endpoints
         env = {
             "TENSORSTORE_GCS_HTTP_URL": url,
@@ -264,6 +287,6 @@ def fake_gcs(workdir: Path) -> Iterator[Server]:
             "GCE_METADATA_ROOT": dead,
             "GOOGLE_CLOUD_PROJECT": "test",
         }
-        yield Server("fake-gcs-server", url, env, log)
+        yield Server("fake-gcs-server", url, env, log, lambda: _kill(procs[-1]), start)
     finally:
-        _kill(proc)
+        _kill(procs[-1])

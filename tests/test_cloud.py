@@ -32,29 +32,6 @@ from roxxel.checkpoint import Checkpointer, CheckpointPathError, StorageUnreacha
 SCHEMES = {"s3": "s3", "gcs": "gs"}
 
 
-@pytest.fixture(scope="session")
-def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[servers.Server]:
-    with servers.seaweed_s3(tmp_path_factory.mktemp("seaweedfs")) as server:
-        yield server
-
-
-@pytest.fixture(scope="session")
-def gcs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[servers.Server]:
-    with servers.fake_gcs(tmp_path_factory.mktemp("fake-gcs")) as server:
-        yield server
-
-
-@pytest.fixture(params=["s3", "gcs"])
-def store(
-    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
-) -> tuple[str, servers.Server]:
-    """(backend name, server), with this process's environment pointing at the server."""
-    server: servers.Server = request.getfixturevalue(f"{request.param}_server")
-    for name, value in server.env.items():
-        monkeypatch.setenv(name, value)
-    return request.param, server
-
-
 def fresh_url(backend: str) -> str:
     return f"{SCHEMES[backend]}://{servers.BUCKET}/run-{uuid.uuid4().hex[:8]}"
 
@@ -262,9 +239,13 @@ def test_temporary_steps_on_object_stores(store: tuple[str, servers.Server]) -> 
 
 @pytest.mark.slow
 def test_two_process_job_saves_to_s3_and_one_process_restores(
-    s3_server: servers.Server, tmp_path: Path
+    s3_server: servers.Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The multi-host case: 2 `jax.distributed` processes share one `s3://` checkpoint."""
+    from roxxel.checkpoint import verify
+
+    for name, value in s3_server.env.items():  # for `verify` in this process
+        monkeypatch.setenv(name, value)
     url = fresh_url("s3")
     out = tmp_path / "out"
     out.mkdir()
@@ -276,6 +257,10 @@ def test_two_process_job_saves_to_s3_and_one_process_restores(
     assert {"4/state/ocdbt.process_0/manifest.ocdbt", "4/commit_success.txt"} <= set(keys)
     assert "4/state/ocdbt.process_1/manifest.ocdbt" in keys
     assert not [key for key in keys if "orbax-checkpoint-tmp" in key]
+    # the primary recorded every object, the other process's included, after the barrier
+    results = verify(url)
+    assert [r.step for r in results] == [1, 3, 4] and all(r.verified for r in results), results
+    assert any(k.startswith("4/state/ocdbt.process_1/d/") for k in keys)
 
     single = run_job("restore", url, out, processes=1, local_devices=2, env=s3_server.env)
     check_ok(single)
@@ -443,3 +428,55 @@ def test_extras_travel_with_the_step_on_object_stores(store: tuple[str, servers.
     assert [np.asarray(next(fresh["data"])).tolist() for _ in range(3)] == expected
     assert fresh["config"] == config
     assert_same_state(state_arrays(fresh["ema"]), state_arrays(ema))
+
+
+def test_every_object_is_checksummed_and_damage_is_found(
+    store: tuple[str, servers.Server], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """On object stores the record is written through fsspec after the upload (every object
+    read back once), before the commit marker; `verify`, `roxxel ls` and `restore()` read it
+    back through fsspec."""
+    import fsspec
+
+    from roxxel.checkpoint import CorruptCheckpointError, verify
+
+    backend, server = store
+    url = fresh_url(backend)
+    model, optimizer = make(0)
+    with Checkpointer(url, model, optimizer, max_to_keep=None) as ck:
+        ck.save(1, {"loss": 1.0})
+        ck.wait_until_finished()
+        first = state_arrays(model, optimizer)
+        train_steps(model, optimizer, 1)
+        ck.save(2, {"loss": 0.5})
+    results = verify(url)
+    assert [r.step for r in results] == [1, 2] and all(r.verified for r in results), results
+    objects = [k for k in object_keys(backend, server, url) if k.startswith("2/")]
+    # every object of the step but the record itself: arrays, metadata and commit marker
+    assert results[1].files_checked == len(objects) - 1
+    assert {"2/_CHECKPOINT_METADATA", "2/commit_success.txt"} <= set(objects)
+
+    fs, root = fsspec.core.url_to_fs(url)
+    data_object = max(
+        (k for k in objects if "/d/" in k), key=lambda k: fs.size(f"{root}/{k}")
+    ).split("/", 1)[1]
+    for name, damage in [("_CHECKPOINT_METADATA", "truncate"), (data_object, "flip")]:
+        path = f"{root}/2/{name}"
+        original = fs.cat_file(path)
+        if damage == "truncate":
+            fs.pipe_file(path, original[: len(original) // 2])
+        else:
+            fs.pipe_file(path, original[:-1] + bytes([original[-1] ^ 1]))
+        (result,) = verify(url, step=2)
+        assert not result.ok and any(p.startswith(name) for p in result.problems), result
+        assert roxxel_main(["ls", url, "--progress", "never"]) == 0
+        rows = [line for line in capsys.readouterr().out.splitlines() if "committed  " in line]
+        assert "BAD" in rows[1] and rows[0].rstrip().endswith("ok"), rows
+        model2, optimizer2 = make(1)
+        with Checkpointer(url, model2, optimizer2, read_only=True) as ck2:
+            with pytest.raises(CorruptCheckpointError, match=name):
+                ck2.restore(step=2)
+            assert ck2.restore() == 1
+        assert_same_state(first, state_arrays(model2, optimizer2))
+        fs.pipe_file(path, original)
+    assert all(r.verified for r in verify(url))

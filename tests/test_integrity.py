@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from reliability import stamp, stamped_step, tiny
+from roxxel._cli import main as roxxel_main
 from roxxel._integrity import NO_RECORD, RECORD_NAME
 from roxxel.checkpoint import (
     Checkpointer,
@@ -49,9 +50,11 @@ def _copy(pristine: Path, tmp_path: Path) -> Path:
 
 def _recorded_files(step_dir: Path) -> list[str]:
     """Every file the step's record covers: checksummed files, data files (through their
-    shards' checksums in the index) and `_CHECKPOINT_METADATA` (without its commit time)."""
+    shards' checksums in the index), `_CHECKPOINT_METADATA` (without its commit time) and
+    Orbax's commit marker."""
     record = json.loads((step_dir / RECORD_NAME).read_text())
-    return sorted([*record["files"], *record["data"], *record["late"]])
+    marker = ["commit_success.txt"] if "commit_marker" in record else []
+    return sorted([*record["files"], *record["data"], *record["late"], *marker])
 
 
 def _damage_offset(step_dir: Path, name: str, size: int) -> int:
@@ -82,12 +85,10 @@ def test_each_step_records_a_checksum_of_every_file_off_the_training_thread(
     on_disk = sorted(
         str(p.relative_to(step_dir))
         for p in step_dir.rglob("*")
-        if p.is_file()
-        and p.name != RECORD_NAME
-        and p.relative_to(step_dir).as_posix() != "commit_success.txt"
+        if p.is_file() and p.name != RECORD_NAME
     )
     assert _recorded_files(step_dir) == on_disk
-    assert "_CHECKPOINT_METADATA" in on_disk
+    assert "_CHECKPOINT_METADATA" in on_disk and "commit_success.txt" in on_disk
     assert any(name.startswith("arrays/data.process_0.") for name in on_disk)
     records = [r for r in caplog.records if "checksummed" in r.getMessage()]
     assert records, "the checksum pass was not logged"
@@ -190,5 +191,43 @@ def test_verify_errors_name_the_path_and_the_steps(pristine: Path, tmp_path: Pat
         verify(str(pristine), step=5)
     with pytest.raises(CheckpointPathError, match="does not exist"):
         verify(str(tmp_path / "nowhere"))
-    with pytest.raises(CheckpointPathError, match="local"):
-        verify("gs://bucket/run")
+
+
+@pytest.mark.parametrize(
+    ("name", "damage"),
+    [
+        ("_CHECKPOINT_METADATA", "truncate"),
+        ("commit_success.txt", "truncate"),
+        ("commit_success.txt", "flip"),
+        ("commit_success.txt", "delete"),
+    ],
+)
+def test_orbax_step_files_are_covered_and_damage_shows_in_ls_and_verify(
+    pristine: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str, damage: str
+) -> None:
+    """Orbax's own step files, written after the record: `_CHECKPOINT_METADATA` (recorded
+    without its commit time) and the commit marker (its text names the step's path)."""
+    directory = _copy(pristine, tmp_path)
+    target = directory / "3" / name
+    data = bytearray(target.read_bytes())
+    if damage == "truncate":
+        target.write_bytes(bytes(data[: len(data) // 2]))
+    elif damage == "flip":
+        data[len(data) // 2] ^= 0x01
+        target.write_bytes(bytes(data))
+    else:
+        target.unlink()
+    code = roxxel_main(["ls", str(directory), "--progress", "never"])
+    out, err = capsys.readouterr()
+    rows = {line.split()[0]: line for line in out.splitlines() if "committed  " in line}
+    assert "BAD" in rows["3"] and rows["2"].rstrip().endswith("ok"), out
+    assert "ERROR" not in err, err
+    code = roxxel_main(["verify", str(directory), "--progress", "never"])
+    out, _ = capsys.readouterr()
+    assert code != 0 and f"  {name}:" in out, out
+    model, optimizer = tiny()
+    with Checkpointer(str(directory), model, optimizer, read_only=True) as ck:
+        with pytest.raises(CorruptCheckpointError, match=name):
+            ck.restore(step=3)
+        assert ck.restore() == 2
+    assert stamped_step(model, optimizer) == 2

@@ -10,6 +10,7 @@ heartbeat timeout, so a hang fails the test instead of blocking it.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -128,3 +129,60 @@ def test_dead_peer_gives_a_clear_error_not_a_hang(tmp_path: Path) -> None:
     assert "2 JAX processes" in message and "peer process died" in message
     # nothing half-written is taken for a checkpoint
     assert not (tmp_path / "ck" / "1").exists()
+
+
+def test_each_process_records_its_own_files_and_restore_checks_them_all(
+    saved: tuple[Path, Path, Job], tmp_path: Path
+) -> None:
+    """Every process records the array files it wrote (before Orbax's commit barrier); the
+    primary's record covers the step's shared files and names how many process records
+    there must be. `verify` and `restore()` check them all."""
+    import shutil
+
+    from roxxel._integrity import RECORD_NAME, process_record_name
+    from roxxel.checkpoint import verify
+
+    ckpt, out, _ = saved
+    for step in ("1", "3", "4"):
+        step_dir = ckpt / step
+        main = json.loads((step_dir / RECORD_NAME).read_text())
+        assert main["process_records"] == 2
+        assert main["commit_marker"] == str(step_dir)
+        assert "_CHECKPOINT_METADATA" in main["late"]
+        covered = {*main["files"], *main["data"]}
+        for process in (0, 1):
+            record = json.loads((step_dir / process_record_name(process)).read_text())
+            assert record["process"] == process
+            assert set(record["files"]) == {f"arrays/index.process_{process}.json"}
+            assert set(record["data"]) == {f"arrays/data.process_{process}.0"}
+            covered |= {*record["files"], *record["data"]}
+        on_disk = {
+            p.relative_to(step_dir).as_posix()
+            for p in step_dir.rglob("*")
+            if p.is_file() and not p.name.startswith("roxxel_checksums")
+        }
+        assert covered | {"_CHECKPOINT_METADATA", "commit_success.txt"} == on_disk
+    assert all(result.verified for result in verify(str(ckpt)))
+
+    damages = {
+        "record": lambda d: (d / process_record_name(1)).unlink(),
+        "index": lambda d: (d / "arrays" / "index.process_1.json").write_text("{}"),
+        "data": lambda d: os.truncate(d / "arrays" / "data.process_1.0", 100),
+    }
+    names = {
+        "record": process_record_name(1),
+        "index": "arrays/index.process_1.json",
+        "data": "arrays/data.process_1.0",
+    }
+    for kind, damage in damages.items():
+        copy = tmp_path / kind
+        shutil.copytree(ckpt, copy)
+        damage(copy / "4")
+        (result,) = verify(str(copy), step=4)
+        assert not result.ok and any(p.startswith(names[kind]) for p in result.problems), result
+    # restore() in a new job checks every process's record: step 4 lacks one, so it falls
+    # back to step 3, whose state it restores
+    job = run_job("restore", tmp_path / "record", out, processes=1, local_devices=2)
+    check_ok(job)
+    assert job.result(0, "restored") == 3
+    assert process_record_name(1) in job.outputs[0]

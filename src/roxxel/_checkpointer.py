@@ -36,6 +36,7 @@ from ._errors import (
     CorruptCheckpointError,
     InvalidArgumentError,
     ReadOnlyError,
+    RoxxelError,
     StepExistsError,
     StepNotFoundError,
     StepOrderError,
@@ -1045,10 +1046,28 @@ class Checkpointer:
                 try:
                     if self._store.replacing is not None:  # e.g. interrupted in save()
                         self._store.remove_partial()
-                    self._store.close()
+                    self._close_store()
                 finally:
                     if self._writer_lock is not None:
                         self._writer_lock.release(clean=not self._store.is_saving())
+
+    def _close_store(self) -> None:
+        """`Store.close()`, its failure reported as a Roxxel error.
+
+        A save whose start timed out (storage unreachable) may fail later in Orbax's threads;
+        Orbax raises that from `close()` as the storage client's own exception.
+        """
+        try:
+            self._store.close()
+        except (RoxxelError, TimeoutError):
+            raise
+        except Exception as exc:
+            raise BackgroundWriteError(
+                f"closing the Checkpointer on {self.directory}: a save that was still running "
+                f"in the background failed: {type(exc).__name__}: {exc}. Steps committed "
+                "before it are intact; restore() returns the newest of them.",
+                step=None,
+            ) from exc
 
     def __enter__(self) -> Checkpointer:
         self._check_open()

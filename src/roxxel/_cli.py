@@ -165,11 +165,10 @@ def _chosen_step(checkpoints: CheckpointDir, args: argparse.Namespace) -> int:
 
 
 def _integrity(directory: str, progress: Any) -> Any:
-    """`roxxel.checkpoint.verify(directory)` (local directories; None for a URL)."""
+    """`roxxel.checkpoint.verify(directory)` (local directories and object stores)."""
     from ._integrity import verify
-    from ._paths import is_url
 
-    return None if is_url(directory) else verify(directory, progress=progress)
+    return verify(directory, progress=progress)
 
 
 def _integrity_word(result: Any) -> str:
@@ -637,14 +636,12 @@ def cmd_export(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def _damage(directory: str, step: int, err: TextIO, progress: str) -> tuple[str, ...]:
-    """The problems the deep checksum check finds in `step` (none for a URL: object stores
-    keep their own content hashes; none for a step saved without checksums)."""
+    """The problems the deep checksum check finds in `step` (none for a step saved without
+    checksums)."""
+    from ._directory import join
     from ._integrity import check, recorded_bytes
-    from ._paths import is_url
 
-    if is_url(directory):
-        return ()
-    step_dir = os.path.join(directory, str(step))
+    step_dir = join(directory, str(step))
     total = recorded_bytes(step_dir)
     bar = ProgressBar(f"verifying step {step}", stream=err, mode=progress)
     done = 0

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Callable, Collection, Iterable
+from typing import Any
 
 from . import _layout, _paths
 from ._errors import CorruptCheckpointError, NoCheckpointError, StepNotFoundError
@@ -65,20 +66,34 @@ def join(directory: str, *names: str) -> str:
 
 
 class _Lister:
-    """Directory listing and small-file reads, by `os` locally and `etils.epath` remotely."""
+    """Directory listing and small-file reads, by `os` locally and fsspec remotely.
+
+    Remote listings are always fresh: s3fs and gcsfs cache listings in the filesystem object
+    that Orbax's own listing (through etils) shares, and another process may have written
+    since. The cache is dropped when a lister is made.
+    """
 
     def __init__(self, directory: str) -> None:
         self.directory = directory
         self.remote = _paths.is_url(directory)
+        self._fs: Any = None
+        if self.remote:
+            import fsspec
+
+            self._fs = fsspec.core.url_to_fs(directory)[0]
+            self._fs.invalidate_cache()
 
     def entries(self, name: str) -> dict[str, bool] | None:
         """`{entry name: is a directory}` of `name` (None when it is not a listable folder)."""
         path = join(self.directory, name)
         try:
             if self.remote:
-                from etils import epath
-
-                return {child.name: child.is_dir() for child in epath.Path(path).iterdir()}
+                found = self._fs.ls(self._fs._strip_protocol(path), detail=True)
+                return {
+                    str(info["name"]).rstrip("/").rsplit("/", 1)[-1]: info.get("type")
+                    == "directory"
+                    for info in found
+                }
             if name and os.path.islink(path):
                 return None  # Roxxel never makes a symlinked step; it could point anywhere
             with os.scandir(path) as it:
@@ -90,9 +105,7 @@ class _Lister:
         path = join(self.directory, name, file)
         try:
             if self.remote:
-                from etils import epath
-
-                return bytes(epath.Path(path).read_bytes())
+                return bytes(self._fs.cat_file(self._fs._strip_protocol(path)))
             with open(path, "rb") as f:
                 return f.read(1 << 20)
         except (OSError, ValueError):

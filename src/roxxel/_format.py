@@ -90,6 +90,19 @@ def data_name(process: int, k: int) -> str:
     return f"data.process_{process}.{k}"
 
 
+def process_of(relpath: str) -> int | None:
+    """The JAX process that wrote `relpath` (`arrays/index.process_<p>.json` or
+    `arrays/data.process_<p>.<k>`), or None for a file of the step as a whole."""
+    parts = relpath.split("/")
+    if len(parts) != 2 or parts[0] != ITEM:
+        return None
+    for prefix in ("index.process_", "data.process_"):
+        if parts[1].startswith(prefix):
+            number = parts[1][len(prefix) :].split(".", 1)[0]
+            return int(number) if number.isascii() and number.isdigit() else None
+    return None
+
+
 def is_data_file(relpath: str) -> bool:
     """True for a data file of this format (its content is checked through the index)."""
     parts = relpath.split("/")
@@ -954,16 +967,20 @@ def place(
     return jax.make_array_from_single_device_arrays(leaf.shape, target.sharding, arrays)
 
 
-def check_shards(directory: str, *, on_bytes: Callable[[int], None] | None = None) -> list[str]:
-    """Read every shard of a local step's `arrays/` folder and compare its CRC-32C.
+def check_shards(
+    directory: str, *, on_bytes: Callable[[int], None] | None = None, local: bool = True
+) -> list[str]:
+    """Read every shard of a step's `arrays/` folder and compare its CRC-32C.
 
+    Locally the alignment padding between shards is checked too (it must be zero); in an
+    object store (`local=False`, a copied format-2 step) the shards only.
     Returns one line per problem (empty when every shard matches); never raises for damage.
     """
     try:
-        index = load_index(directory)
+        index = load_index(directory, local=local)
     except CorruptCheckpointError as exc:
         return list(exc.problems)
-    reader = _Reader(directory, local=True)
+    reader = _Reader(directory, local=local)
     problems: list[str] = []
     try:
         shards = sorted(
@@ -979,7 +996,8 @@ def check_shards(directory: str, *, on_bytes: Callable[[int], None] | None = Non
                 problems.append(f"{ITEM}/{shard.file}: cannot be read ({exc.strerror or exc})")
             if on_bytes is not None:
                 on_bytes(shard.length)
-        problems.extend(_check_gaps(directory, index, shards, on_bytes))
+        if local:
+            problems.extend(_check_gaps(directory, index, shards, on_bytes))
     finally:
         reader.close()
     return problems

@@ -148,8 +148,11 @@ class _ArrayHandler(ocp.AsyncCheckpointHandler):  # type: ignore[misc]  # no stu
     goes around Orbax (`Store.read` calls `_format` directly): Orbax's restore adds nothing.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, process_records: bool = False) -> None:
         self.last: _format.Written | None = None
+        # In a multi-process job each process records its own files (`_integrity`), here,
+        # on its commit thread, once they are written and before Orbax's barrier.
+        self.process_records = process_records
 
     async def async_save(self, directory: Any, args: _ArraysSave) -> list[Any]:
         async def write() -> None:
@@ -159,6 +162,8 @@ class _ArrayHandler(ocp.AsyncCheckpointHandler):  # type: ignore[misc]  # no stu
 
     def save(self, directory: Any, args: _ArraysSave) -> None:
         self.last = _format.write(str(directory), args.snapshot)
+        if self.process_records:
+            _integrity.record_process(str(directory), jax.process_index())
 
     def restore(self, directory: Any, args: Any = None) -> Any:
         raise NotImplementedError("Roxxel reads its array format through Store.read")
@@ -337,11 +342,10 @@ class Store:
         # weights (docs/design.md, "compression"), so it is off unless asked for.
         self.compression = compression
         _storage.prepare(directory, timeout=timeout)
-        # Content checksums (`_integrity`) on local directories; recorded by one process only.
-        self.verifies_checksums = not _paths.is_url(directory)
-        self.records_checksums = (
-            self.verifies_checksums and not read_only and jax.process_count() == 1
-        )
+        # Content checksums (`_integrity`), locally and on object stores; the step's record is
+        # written by the primary process, each process's own array files by that process.
+        self.verifies_checksums = True
+        self.records_checksums = not read_only
         self._saving_step: int | None = None
         self._worker = threading.Thread()  # the last `_bounded` call (a finished placeholder)
         self._save_error: BaseException | None = None  # from the background `save` thread
@@ -351,7 +355,9 @@ class Store:
         self._idle = threading.Event()  # set while the saver thread has nothing to do
         self._idle.set()
         self._saver: threading.Thread | None = None
-        self._array_handler = _ArrayHandler()
+        self._array_handler = _ArrayHandler(
+            process_records=self.records_checksums and jax.process_count() > 1
+        )
         # step -> saved as temporary (read from each step's META_ITEM once, then kept).
         self._temporary: dict[int, bool] = {}
         self._temporary_lock = threading.Lock()
@@ -389,7 +395,9 @@ class Store:
                     self._record_checksums if self.records_checksums else None
                 ),
             ),
-            todelete_subdir=TRASH if self.verifies_checksums and not self.read_only else None,
+            todelete_subdir=(
+                TRASH if not _paths.is_url(self.directory) and not self.read_only else None
+            ),
             # Object stores cannot rename a folder: commit with commit_success.txt instead.
             atomicity_options=atomicity,
             step_name_format=_RoxxelSteps(self.directory, atomicity),
@@ -787,11 +795,17 @@ class Store:
         return _directory.join(self.directory, folder.name, folder.item)
 
     def _record_checksums(self) -> None:
-        """Orbax's hook on its commit thread, after every file is written, before the rename."""
+        """Orbax's hook on the primary's commit thread, after every process's files are written
+        (Orbax's barrier), before the rename (or, on object stores, the commit marker)."""
         step = self._saving_step
-        prefix = f"{step}{_TMP_MARKER}"
-        candidates = [e.path for e in os.scandir(self.directory) if e.name.startswith(prefix)]
-        if len(candidates) != 1:
+        object_store = _storage.is_object_store(self.directory)
+        candidates: list[str] = []
+        if step is not None and object_store:  # commit-file atomicity: written in place
+            candidates = [self.step_dir(step)]
+        elif step is not None:
+            prefix = f"{step}{_TMP_MARKER}"
+            candidates = [e.path for e in os.scandir(self.directory) if e.name.startswith(prefix)]
+        if step is None or len(candidates) != 1:
             logger.warning(
                 "roxxel: step %s is committed without checksums: its unfinished folder was not "
                 "found in %s (found %s)",
@@ -801,7 +815,23 @@ class Store:
             )
             return
         try:
-            _integrity.record(candidates[0])
+            # Orbax writes `_CHECKPOINT_METADATA` through its metadata store's own thread: the
+            # record must read it after that write (on a store that was briefly down, it read
+            # the version of an earlier attempt at the step without this wait).
+            metadata_store = getattr(
+                getattr(self._manager, "_checkpointer", None), "_metadata_store", None
+            )
+            if metadata_store is not None:
+                metadata_store.wait_until_finished()
+            _integrity.record(
+                candidates[0],
+                process_records=(
+                    jax.process_count()
+                    if self._array_handler.process_records and self.array_format >= 2
+                    else 0
+                ),
+                commit_marker=self.step_dir(step),  # Orbax writes it, then commits
+            )
         except Exception as exc:  # noqa: BLE001  a missing record must not lose the step
             logger.warning(
                 "roxxel: step %s is committed without checksums: writing them failed: %s",
