@@ -300,6 +300,25 @@ def _read_record(step_dir: str) -> _Record | str | None:
     return str(algorithm), files, data_files, late
 
 
+def load_record(
+    step_dir: str,
+) -> tuple[str, dict[str, tuple[int, int]], dict[str, int]] | str | None:
+    """The record of `step_dir` for a copy checked while it streams (a promotion).
+
+    Returns `(algorithm, {relpath: (size, checksum)}, {data relpath: size})`, an error text
+    when the record is unreadable or malformed, or None when the step has none.
+    """
+    loaded = _read_record(step_dir)
+    if loaded is None or isinstance(loaded, str):
+        return loaded
+    return loaded[0], loaded[1], loaded[2]
+
+
+def extend(algorithm: str, crc: int, data: memoryview) -> int:
+    """`crc` extended by `data` with the named algorithm (as the record names it)."""
+    return _ALGORITHMS[algorithm](crc, data)
+
+
 def check(
     step_dir: str,
     step: int,
