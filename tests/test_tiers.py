@@ -392,14 +392,15 @@ def test_a_kill_during_a_promotion_leaves_the_remote_step_uncommitted(
     url = fresh_url("s3")
     local = tmp_path / "local"
     script = KILL_SCRIPT.format(tests=str(Path(__file__).parent), url=url, local=str(local))
-    proc = subprocess.Popen(
-        [sys.executable, "-c", script],
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
+    log = tmp_path / "child.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", script],
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         deadline = time.monotonic() + 180
         killed_with: list[str] = []
@@ -416,7 +417,7 @@ def test_a_kill_during_a_promotion_leaves_the_remote_step_uncommitted(
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
     assert killed_with, (
-        f"the promotion of step 2 never started: {proc.stdout.read() if proc.stdout else ''}"
+        f"the promotion of step 2 never started: {log.read_text()[-3000:]}"
     )
     keys = object_keys("s3", s3_server, url)
     assert "1/commit_success.txt" in keys

@@ -820,16 +820,15 @@ class Checkpointer:
         def intact(candidate: int) -> bool:
             return _integrity.check(self._store.step_dir(candidate), candidate, deep=False).ok
 
-        fetched = _tiers.bring_for_restore(
+        _tiers.bring_for_restore(  # then restored by the ordinary path, from the local tier
             self.remote_path,
             self.directory,
             local_steps=local_steps,
             intact=intact,
             step=step,
             timeout=self._timeout,
+            seen=None if self._promoter is None else self._promoter.on_remote,
         )
-        if fetched is not None and self._promoter is not None:
-            self._promoter.on_remote.add(fetched)  # close() need not promote it again
 
     def _refetch(self, step: int, refetched: set[int]) -> bool:
         """A local step failed its shard checksums while read: replace it with the remote copy."""

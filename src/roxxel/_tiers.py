@@ -672,6 +672,9 @@ def remote_listing(remote: str, timeout: float) -> _directory.Listing | None:
     found: list[_directory.Listing] = []
 
     def call() -> None:
+        if _storage.is_object_store(remote):
+            # `scan` reads an unreachable store as an empty one; ask the endpoint first.
+            _storage.check_reachable(remote, timeout=timeout)
         _fresh_listings(remote)
         found.append(_directory.scan(remote))
 
@@ -763,6 +766,7 @@ def bring_for_restore(
     intact: Callable[[int], bool],
     step: int | None,
     timeout: float,
+    seen: set[int] | None = None,
 ) -> int | None:
     """Fetch into the local tier the remote step a restore should read, if there is one.
 
@@ -775,6 +779,8 @@ def bring_for_restore(
     if listing is None:
         return None
     remote_steps = [f.step for f in listing.folders if f.layout == "roxxel"]
+    if seen is not None:
+        seen.update(remote_steps)  # committed remotely: close() need not promote them
     if step is not None:
         if step not in remote_steps or (step in local_steps and intact(step)):
             return None
