@@ -501,3 +501,64 @@ def test_roxxel_ls_shows_both_tiers(
     local_part, remote_part = out.split("remote tier:")
     assert all(f"\n{s} " in local_part or local_part.count(str(s)) for s in (1, 2, 3))
     assert "\n1 " in remote_part or " 1 " in remote_part
+
+
+SIGTERM_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    sys.path.insert(0, {tests!r})
+    from conftest import make, train_steps
+    from roxxel.checkpoint import Checkpointer
+
+    model, optimizer = make(0, hidden=1 << 16)
+    ck = Checkpointer({url!r}, model, optimizer, local_path={local!r}, promote_every=100)
+    for step in range(1, 1000):
+        train_steps(model, optimizer, 1)
+        ck.save(step, {{"loss": 1.0 / step}})
+        print("save", step, "started", flush=True)
+    """
+)
+
+
+def test_sigterm_commits_locally_and_promotes_within_the_grace_period(
+    s3_server: servers.Server, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    for name, value in s3_server.env.items():
+        monkeypatch.setenv(name, value)
+    url = fresh_url("s3")
+    local = tmp_path / "local"
+    script = SIGTERM_SCRIPT.format(tests=str(Path(__file__).parent), url=url, local=str(local))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script],
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 120
+        seen = []
+        for line in proc.stdout:
+            seen.append(line)
+            if "save 4 started" in line or time.monotonic() > deadline:
+                break
+        proc.send_signal(signal.SIGTERM)
+        out, stderr = proc.communicate(timeout=120)
+        out = "".join(seen) + out
+    finally:
+        proc.kill()
+        proc.communicate()
+    assert proc.returncode == 143, stderr
+    assert "Traceback" not in stderr
+    last = max(int(line.split()[1]) for line in out.splitlines() if line.startswith("save "))
+    assert last >= 4
+    local_steps = _steps(local)
+    assert local_steps and local_steps[-1] >= last  # the save in flight committed locally
+    keys = object_keys("s3", s3_server, url)
+    # step 1 (the first) by the policy, the newest local step at exit within the grace period
+    assert f"{local_steps[-1]}/commit_success.txt" in keys, keys
+    assert "1/commit_success.txt" in keys or local_steps[-1] != 1
+    model, optimizer = make(1, hidden=1 << 16)
+    with Checkpointer(url, model, optimizer, local_path=str(tmp_path / "new")) as ck:
+        assert ck.restore() == local_steps[-1]
