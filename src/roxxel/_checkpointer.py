@@ -274,9 +274,15 @@ class Checkpointer:
         if self.remote_path is not None and promoter_args is not None:
             policy, remote_keep = promoter_args
             # The remote tier ranks and keeps milestones as the local one does.
-            self._start_promoter(
-                policy, dataclasses.replace(self._retention, max_to_keep=remote_keep)
-            )
+            try:
+                self._start_promoter(
+                    policy, dataclasses.replace(self._retention, max_to_keep=remote_keep)
+                )
+            except BaseException:
+                self._store.close()
+                if self._writer_lock is not None:
+                    self._writer_lock.release()
+                raise
         self._closed = False
         self._pending_step = None
         self._pending_bytes = 0
@@ -361,16 +367,20 @@ class Checkpointer:
         return [f.step for f in listing.folders if f.layout == "roxxel"]
 
     def wait_until_promoted(self) -> int | None:
-        """Block until no promotion waits or runs; return the newest step promoted.
+        """Block until the save in flight is committed and no promotion waits or runs;
+        return the newest step this Checkpointer promoted.
 
         Raises:
+            BackgroundWriteError: the save in flight failed.
             InvalidArgumentError: this Checkpointer has no remote tier (no `local_path`).
             PromotionError: a promotion failed since the last call (the oldest such failure;
                 the step is committed on the local tier).
             TimeoutError: promotions did not finish within `timeout` seconds.
         """
-        self._check_open()
-        self._require_tiers("wait_until_promoted")
+        with self._lock:
+            self._check_open()
+            self._require_tiers("wait_until_promoted")
+            self._finish_pending()  # its commit queues its promotion when it is due
         assert self._promoter is not None
         if not self._promoter.wait(self._timeout):
             raise TimeoutError(
