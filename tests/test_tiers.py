@@ -467,7 +467,7 @@ def test_an_unreachable_remote_leaves_the_local_tier_working(
     try:
         model2, optimizer2 = make(1)
         with caplog.at_level(logging.WARNING, logger="roxxel"):
-            ck = Checkpointer(url, model2, optimizer2, local_path=str(local), timeout=8)
+            ck = Checkpointer(url, model2, optimizer2, local_path=str(local), timeout=60)
             assert "remote tier is unreachable" in caplog.text
             started = time.monotonic()
             assert ck.restore() == 1  # from the local tier
