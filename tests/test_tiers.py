@@ -416,9 +416,7 @@ def test_a_kill_during_a_promotion_leaves_the_remote_step_uncommitted(
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-    assert killed_with, (
-        f"the promotion of step 2 never started: {log.read_text()[-3000:]}"
-    )
+    assert killed_with, f"the promotion of step 2 never started: {log.read_text()[-3000:]}"
     keys = object_keys("s3", s3_server, url)
     assert "1/commit_success.txt" in keys
     assert any(k.startswith("2/") for k in keys)
@@ -562,3 +560,39 @@ def test_sigterm_commits_locally_and_promotes_within_the_grace_period(
     model, optimizer = make(1, hidden=1 << 16)
     with Checkpointer(url, model, optimizer, local_path=str(tmp_path / "new")) as ck:
         assert ck.restore() == local_steps[-1]
+
+
+@pytest.mark.slow
+def test_two_processes_each_promote_their_files_and_process_0_commits(tmp_path: Path) -> None:
+    from mpjob import check_ok, run_job
+
+    remote, out = tmp_path / "remote", tmp_path / "out"
+    out.mkdir()
+    job = run_job("tiers", remote, out, processes=2, local_devices=4, limit=240)
+    check_ok(job)
+    for pid in (0, 1):
+        assert job.result(pid, "promoted") == 3
+    # remote retention (remote_max_to_keep=1, the best is the newest): step 3 alone
+    assert _steps(remote) == [3]
+    names = {p.name for p in (remote / "3" / "arrays").iterdir()}
+    assert {"index.process_0.json", "index.process_1.json"} <= names
+    assert any(n.startswith("data.process_1.") for n in names)
+    assert {_tiers.marker_name(0), _tiers.marker_name(1)} <= {
+        p.name for p in (remote / "3").iterdir()
+    }
+    assert (remote / "3" / "commit_success.txt").is_file()
+    assert not [p for p in remote.iterdir() if "orbax-checkpoint-tmp" in p.name]
+
+    # a new two-process job reads the remote tier (format 2) equal, leaf for leaf: with a
+    # one-tier Checkpointer on it, and with two tiers on an empty local tier ("new machines")
+    for mode in ("tiers-restore", "tiers-new-machine"):
+        restored = run_job(mode, remote, out, processes=2, local_devices=4, limit=240)
+        check_ok(restored)
+        for pid in (0, 1):
+            assert restored.result(pid, "restored") == 3
+            assert restored.result(pid, "steps") == [3]
+        with np.load(out / "expected-tiers.npz") as a, np.load(out / "restored-tiers.npz") as b:
+            assert sorted(a.files) == sorted(b.files)
+            for key in a.files:
+                np.testing.assert_array_equal(a[key], b[key], err_msg=f"{mode}: {key}")
+        (out / "restored-tiers.npz").unlink()

@@ -830,20 +830,29 @@ class Checkpointer:
         def intact(candidate: int) -> bool:
             return _integrity.check(self._store.step_dir(candidate), candidate, deep=False).ok
 
-        _tiers.bring_for_restore(  # then restored by the ordinary path, from the local tier
-            self.remote_path,
-            self.directory,
-            local_steps=local_steps,
-            intact=intact,
-            step=step,
-            timeout=self._timeout,
-            seen=None if self._promoter is None else self._promoter.on_remote,
-        )
+        many = jax.process_count() > 1
+        if not many or jax.process_index() == 0:
+            # then restored by the ordinary path, from the local tier
+            _tiers.bring_for_restore(
+                self.remote_path,
+                self.directory,
+                local_steps=local_steps,
+                intact=intact,
+                step=step,
+                timeout=self._timeout,
+                seen=None if self._promoter is None else self._promoter.on_remote,
+            )
+        if many:
+            # The local tier is one folder of the job (as any format-2 step of a
+            # multi-process job): process 0 fetched into it; the others wait for it.
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices("roxxel-tiers-fetch")
 
     def _refetch(self, step: int, refetched: set[int]) -> bool:
         """A local step failed its shard checksums while read: replace it with the remote copy."""
-        if self.remote_path is None or step in refetched:
-            return False
+        if self.remote_path is None or step in refetched or jax.process_count() > 1:
+            return False  # many processes: each reads its own shards; no job-wide re-fetch
         refetched.add(step)
         fetched = _tiers.bring_for_restore(
             self.remote_path,
