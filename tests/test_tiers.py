@@ -36,7 +36,13 @@ from roxxel.checkpoint import (
     PromotionError,
     StorageUnreachableError,
 )
-from test_cloud import delete_object, fresh_url, object_keys, top_level
+from test_cloud import (  # noqa: F401  silent_endpoint is a fixture
+    delete_object,
+    fresh_url,
+    object_keys,
+    silent_endpoint,
+    top_level,
+)
 
 # -------------------------------------------------------------------------- pure policy
 
@@ -488,6 +494,45 @@ def test_an_unreachable_remote_leaves_the_local_tier_working(
 def _committed(listed: dict[str, Any]) -> list[int]:
     # (SeaweedFS keeps an emptied folder: a deleted step may still be listed, as incomplete)
     return [c["step"] for c in listed["checkpoints"] if c["state"] == "committed"]
+
+
+def test_a_remote_that_never_answers_delays_neither_saves_nor_the_exit(
+    s3_server: servers.Server,
+    monkeypatch: pytest.MonkeyPatch,
+    silent_endpoint: str,  # noqa: F811  the fixture imported from test_cloud
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A black-holed endpoint: the first promotion hangs; local saves go on at local speed,
+    the step being promoted is kept locally, and close() waits only promote_grace_s."""
+    for name, value in s3_server.env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", silent_endpoint)
+    model, optimizer = make(0)
+    with caplog.at_level(logging.WARNING, logger="roxxel"):
+        ck = Checkpointer(
+            fresh_url("s3"),
+            model,
+            optimizer,
+            local_path=str(tmp_path / "local"),
+            timeout=2,
+            promote_grace_s=1,
+        )
+        assert "remote tier is unreachable" in caplog.text
+        seconds = []
+        for step in range(1, 6):
+            train_steps(model, optimizer, 1)
+            started = time.perf_counter()
+            ck.save(step, {"loss": 1.0 / step})
+            ck.wait_until_finished()  # the local commit
+            seconds.append(time.perf_counter() - started)
+        assert max(seconds) < 5, seconds
+        # step 1 is being promoted (stuck), so local retention keeps it; 2 went as usual
+        assert ck.all_steps() == [1, 3, 4, 5]
+        started = time.perf_counter()
+        ck.close()
+        assert time.perf_counter() - started < 10
+    assert "did not finish within the grace period" in caplog.text
 
 
 def test_roxxel_ls_shows_both_tiers(
