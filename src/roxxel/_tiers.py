@@ -654,15 +654,13 @@ def _fsync_dir(path: str) -> None:
 # ---------------------------------------------------------------------------- restore
 def _fresh_listings(remote: str) -> None:
     """Drop the cached listings of the fsspec client `_directory.scan` reads a URL with
-    (etils.epath's shared instance), so that steps written by another client are seen."""
+    (etils.epath's own instance, kept for the life of the process), so that the steps another
+    client wrote or deleted (the promoter, another process) are seen."""
     if not _paths.is_url(remote):
         return
-    import fsspec
+    from etils.epath import backend
 
-    if remote.startswith(_storage.S3_PREFIX):
-        fsspec.filesystem("s3").invalidate_cache()
-    elif remote.startswith(_storage.GCS_PREFIX):
-        fsspec.filesystem("gcs", finalize_on_close=True).invalidate_cache()
+    backend.fsspec_backend.fs(remote).invalidate_cache()
 
 
 def remote_listing(remote: str, timeout: float) -> _directory.Listing | None:
