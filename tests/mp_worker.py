@@ -171,6 +171,45 @@ elif MODE == "restore":
     result(restored=step, steps=ck.all_steps(), best=ck.best_step(), devices=jax.device_count())
     ck.close()
 
+elif MODE == "tiers":
+    # two tiers: the local tier is a folder both processes share (OUT/local), the remote
+    # tier is CKPT; each process promotes its own files, process 0 commits the step
+    model, optimizer = build(seed=0)
+    local = os.path.join(OUT, "local")
+    ck = Checkpointer(CKPT, model, optimizer, local_path=local, max_to_keep=2, timeout=60)
+    for step in (1, 2, 3):
+        ck.save(step, {"loss": 1.0 / step, "train_loss": train_step(model, optimizer)})
+        ck.wait_until_finished()
+        ck.wait_until_promoted()
+    expected = gathered(model, optimizer)
+    if PID == 0:
+        np.savez(os.path.join(OUT, "expected-tiers.npz"), **expected)
+    multihost_utils.sync_global_devices("promoted")
+    result(promoted=ck.last_promoted, local_steps=ck.all_steps())
+    ck.close()
+
+elif MODE == "tiers-new-machine":
+    # an empty local tier: process 0 copies the remote step into it, then all restore it
+    model, optimizer = build(seed=5)
+    local = os.path.join(OUT, "local-new")
+    with Checkpointer(CKPT, model, optimizer, local_path=local, timeout=60) as ck:
+        step = ck.restore()
+        steps = ck.all_steps()
+    values = gathered(model, optimizer)
+    if PID == 0:
+        np.savez(os.path.join(OUT, "restored-tiers.npz"), **values)
+    result(restored=step, steps=steps)
+
+elif MODE == "tiers-restore":
+    model, optimizer = build(seed=3)
+    with Checkpointer(CKPT, model, optimizer, read_only=True) as ck:
+        step = ck.restore()
+        steps = ck.all_steps()
+    values = gathered(model, optimizer)
+    if PID == 0:
+        np.savez(os.path.join(OUT, "restored-tiers.npz"), **values)
+    result(restored=step, steps=steps)
+
 elif MODE == "die":
     model, optimizer = build(seed=0)
     ck = Checkpointer(CKPT, model, optimizer, timeout=30)

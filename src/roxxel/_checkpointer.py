@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -27,6 +28,7 @@ from . import (
     _restore,
     _state,
     _telemetry,
+    _tiers,
     _validate,
 )
 from ._compat import PageManager
@@ -40,6 +42,7 @@ from ._errors import (
     StepExistsError,
     StepNotFoundError,
     StepOrderError,
+    StorageUnreachableError,
 )
 from ._orbax import Store, run_bounded
 from ._restore import OnMismatch, RestoreReport
@@ -116,6 +119,19 @@ class Checkpointer:
             model; `restore()` sets them in place and reports each in
             `last_restore_report.extras`. Names are simple identifiers; see the guide
             "Extra state in the checkpoint".
+        local_path: save on two tiers: every step commits in this local folder (at local
+            speed), and some are promoted to `checkpoint_path` (a `gs://`/`s3://` URL or
+            another folder) in the background: see the guide "Two tiers". `restore()` then
+            takes the newest intact step of both tiers.
+        promote_every: with `local_path`, promote every this-many-th committed local step
+            (default 1: each one; the first is always promoted).
+        promote_interval_s: with `local_path`, promote the first step committed once this many
+            seconds passed since the last promotion started (with or without `promote_every`).
+        remote_max_to_keep: with `local_path`, how many of the newest promoted steps the
+            remote tier keeps (plus its `keep_best` best ones and `keep_every` multiples).
+        promote_grace_s: with `local_path`, how long `close()` (and so the exit drain and
+            SIGTERM) waits for the newest local step to be promoted; what is not done by
+            then stays on the local tier, and the remote keeps its older steps.
 
     Raises:
         CheckpointPathError: `checkpoint_path` is a file, or cannot be created or written.
@@ -156,6 +172,11 @@ class Checkpointer:
         temporary_interval_s: float | None = None,
         on_commit: OnCommit | None = None,
         extras: Mapping[str, Any] | None = None,
+        local_path: str | None = None,
+        promote_every: int | None = None,
+        promote_interval_s: float | None = None,
+        remote_max_to_keep: int | None = 1,
+        promote_grace_s: float = 60.0,
     ) -> None:
         _validate.instance(
             model,
@@ -218,7 +239,29 @@ class Checkpointer:
                 )
         self._read_only = read_only
         self._extras = _extras.check(extras, model, optimizer, process_count=jax.process_count())
+        self.remote_path: str | None = None
+        """The remote tier of a two-tier Checkpointer (`checkpoint_path`), else None."""
+        promoter_args = _tier_options(
+            local_path,
+            read_only=read_only,
+            promote_every=promote_every,
+            promote_interval_s=promote_interval_s,
+            remote_max_to_keep=remote_max_to_keep,
+            promote_grace_s=promote_grace_s,
+        )
+        if local_path is not None:
+            self.remote_path = _paths.resolve(checkpoint_path, create=True)
+            checkpoint_path = local_path
         self.directory = _paths.resolve(checkpoint_path, create=not read_only)
+        if self.remote_path is not None:
+            if self.remote_path == self.directory:
+                raise InvalidArgumentError(
+                    f"local_path {self.directory!r} is the checkpoint_path itself; the local "
+                    "tier must be another folder (a fast local disk).",
+                    name="local_path",
+                    value=local_path,
+                )
+            _tiers.prepare_remote(self.remote_path, timeout=self._timeout)
         self.model = model
         self.optimizer = optimizer
         # The writer lock comes first: partial folders may be another live writer's saves.
@@ -242,6 +285,20 @@ class Checkpointer:
         self._store.remove_partial()
         self._telemetry = _telemetry.Telemetry(self.directory, on_commit)
         self._store.on_commit = self._telemetry.committed
+        self._promoter: _tiers.Promoter | None = None
+        self._promote_grace = promote_grace_s
+        if self.remote_path is not None and promoter_args is not None:
+            policy, remote_keep = promoter_args
+            # The remote tier ranks and keeps milestones as the local one does.
+            try:
+                self._start_promoter(
+                    policy, dataclasses.replace(self._retention, max_to_keep=remote_keep)
+                )
+            except BaseException:
+                self._store.close()
+                if self._writer_lock is not None:
+                    self._writer_lock.release()
+                raise
         self._closed = False
         self._pending_step = None
         self._pending_bytes = 0
@@ -301,8 +358,61 @@ class Checkpointer:
         """The `SaveStats` of this Checkpointer's last 100 committed saves, oldest first."""
         return tuple(self._telemetry.history)
 
+    @property
+    def last_promoted(self) -> int | None:
+        """The newest step this two-tier Checkpointer promoted to the remote tier (or None)."""
+        return None if self._promoter is None else self._promoter.last_promoted
+
+    def remote_steps(self) -> list[int]:
+        """The committed steps of the remote tier, ascending (two-tier Checkpointers only).
+
+        Raises:
+            InvalidArgumentError: this Checkpointer has no remote tier (no `local_path`).
+            StorageUnreachableError: the remote tier could not be listed within `timeout`.
+        """
+        self._check_open()
+        remote = self._require_tiers("remote_steps")
+        listing = _tiers.remote_listing(remote, self._timeout)
+        if listing is None:
+            raise StorageUnreachableError(
+                f"cannot list the remote tier {remote} within timeout={self._timeout:g} s (see "
+                "the warning logged). Check the storage; the local tier is not affected.",
+                path=remote,
+                endpoint=remote,
+            )
+        return [f.step for f in listing.folders if f.layout == "roxxel"]
+
+    def wait_until_promoted(self) -> int | None:
+        """Block until the save in flight is committed and no promotion waits or runs;
+        return the newest step this Checkpointer promoted.
+
+        Raises:
+            BackgroundWriteError: the save in flight failed.
+            InvalidArgumentError: this Checkpointer has no remote tier (no `local_path`).
+            PromotionError: a promotion failed since the last call (the oldest such failure;
+                the step is committed on the local tier).
+            TimeoutError: promotions did not finish within `timeout` seconds.
+        """
+        with self._lock:
+            self._check_open()
+            self._require_tiers("wait_until_promoted")
+            self._finish_pending()  # its commit queues its promotion when it is due
+        assert self._promoter is not None
+        if not self._promoter.wait(self._timeout):
+            raise TimeoutError(
+                f"promotion to {self.remote_path} did not finish within timeout="
+                f"{self._timeout:g} s; the steps are committed on the local tier."
+            )
+        error = self._promoter.take_error()
+        if error is not None:
+            raise error
+        return self._promoter.last_promoted
+
     def all_steps(self) -> list[int]:
-        """Every committed step on disk, ascending (steps of migrated layouts included)."""
+        """Every committed step on disk, ascending (steps of migrated layouts included).
+
+        On a two-tier Checkpointer: the local tier's steps (see `remote_steps()`).
+        """
         self._check_open()
         return self._store.listing().steps
 
@@ -689,6 +799,9 @@ class Checkpointer:
         """
         with self._lock:
             damaged: set[int] = set()
+            refetched: set[int] = set()
+            if self._promoter is not None:
+                self._bring_from_remote(step, best)
             while True:
                 planned = self._plan(
                     step,
@@ -704,6 +817,8 @@ class Checkpointer:
                     self._apply(*planned)
                 except CorruptCheckpointError as exc:
                     # A shard failed its checksum while being read (the model is untouched).
+                    if self._refetch(planned[0].report.step, refetched):
+                        continue
                     if step is not None or best or self._on_corrupt != "fallback":
                         raise
                     damaged.add(planned[0].report.step)
@@ -740,6 +855,102 @@ class Checkpointer:
                 step, best=best, rename=rename, on_mismatch="skip", allow_partial=True
             )
             return None if planned is None else planned[0].report
+
+    # -------------------------------------------------------------------- two tiers
+    def _start_promoter(self, policy: _tiers.PromotePolicy, remote_retention: Retention) -> None:
+        assert self.remote_path is not None
+        promoter = _tiers.Promoter(
+            self.directory,
+            self.remote_path,
+            remote_retention,
+            policy,
+            is_temporary=self._store.is_temporary,
+            local_steps=self._store.all_steps,
+            timeout=self._timeout,
+            process=jax.process_index(),
+            process_count=jax.process_count(),
+        )
+        self._promoter = promoter
+        self._store.pinned = promoter.pinned
+        telemetry = self._telemetry.committed
+
+        def committed(step: int) -> None:  # Orbax's finalize thread; never blocks
+            try:
+                telemetry(step)
+            finally:
+                promoter.committed(step)
+
+        self._store.on_commit = committed
+
+    def _require_tiers(self, what: str) -> str:
+        if self.remote_path is None:
+            raise InvalidArgumentError(
+                f"{what}() needs a two-tier Checkpointer: create it with local_path=<a local "
+                "folder> and checkpoint_path=<the remote tier>.",
+                name="local_path",
+                value=None,
+            )
+        return self.remote_path
+
+    def _bring_from_remote(self, step: int | None, best: bool) -> None:
+        """Before a restore: copy the step to read from the remote tier when it is newer
+        than the newest intact local step (or missing or damaged locally)."""
+        self._check_open()
+        assert self.remote_path is not None
+        if best:
+            return  # the best step is chosen among the local tier's steps
+        if step is not None:
+            step = _validate.step(step)
+        if self._pending_step is not None:
+            self._finish_pending()
+        local_steps = self._store.all_steps()
+
+        def intact(candidate: int) -> bool:
+            return _integrity.check(self._store.step_dir(candidate), candidate, deep=False).ok
+
+        many = jax.process_count() > 1
+        if not many or jax.process_index() == 0:
+            # then restored by the ordinary path, from the local tier
+            _tiers.bring_for_restore(
+                self.remote_path,
+                self.directory,
+                local_steps=local_steps,
+                intact=intact,
+                step=step,
+                timeout=self._timeout,
+                seen=None if self._promoter is None else self._promoter.on_remote,
+            )
+        if many:
+            # The local tier is one folder of the job (as any format-2 step of a
+            # multi-process job): process 0 fetched into it; the others wait for it.
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices("roxxel-tiers-fetch")
+
+    def _refetch(self, step: int, refetched: set[int]) -> bool:
+        """A local step failed its shard checksums while read: replace it with the remote copy."""
+        if self.remote_path is None or step in refetched or jax.process_count() > 1:
+            return False  # many processes: each reads its own shards; no job-wide re-fetch
+        refetched.add(step)
+        fetched = _tiers.bring_for_restore(
+            self.remote_path,
+            self.directory,
+            local_steps=self._store.all_steps(),
+            intact=lambda candidate: candidate != step,
+            step=step,
+            timeout=self._timeout,
+        )
+        if fetched is None:
+            return False
+        if self._promoter is not None:
+            self._promoter.on_remote.add(fetched)
+        logger.warning(
+            "roxxel: step %d in %s was damaged; restoring the copy from the remote tier %s",
+            step,
+            self.directory,
+            self.remote_path,
+        )
+        return True
 
     def _refuse_foreign(self, listing: _directory.Listing, step: int) -> None:
         """Refuse a save whose folder holds something Roxxel did not write: it is never removed."""
@@ -1040,6 +1251,8 @@ class Checkpointer:
                 self._finish_pending()
             finally:
                 self._closed = True
+                if self._promoter is not None:
+                    self._promoter.close(self._promote_grace)
                 self._telemetry.close(self._timeout)  # the queued on_commit calls
                 self._staging_pool = _format.StagingPool()  # give its memory back now
                 _lifecycle.untrack(self)
@@ -1099,6 +1312,68 @@ class Checkpointer:
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
         return f"Checkpointer({self.directory!r}, {state})"
+
+
+def _tier_options(
+    local_path: str | None,
+    *,
+    read_only: bool,
+    promote_every: int | None,
+    promote_interval_s: float | None,
+    remote_max_to_keep: int | None,
+    promote_grace_s: float,
+) -> tuple[_tiers.PromotePolicy, int | None] | None:
+    """Check the two-tier options; the promotion policy and the remote tier's max_to_keep."""
+    if local_path is None:
+        given = [
+            name
+            for name, value, default in (
+                ("promote_every", promote_every, None),
+                ("promote_interval_s", promote_interval_s, None),
+                ("remote_max_to_keep", remote_max_to_keep, 1),
+                ("promote_grace_s", promote_grace_s, 60.0),
+            )
+            if value != default
+        ]
+        if given:
+            raise InvalidArgumentError(
+                f"{given[0]} applies to two-tier checkpointing only: pass local_path=<a local "
+                "folder> as well (checkpoint_path is then the remote tier), or drop it.",
+                name=given[0],
+                value=locals()[given[0]],
+            )
+        return None
+    if not isinstance(local_path, str) or _paths.is_url(local_path):
+        raise InvalidArgumentError(
+            f"local_path must be a local folder such as '/local/ckpt', got {local_path!r}.",
+            name="local_path",
+            value=local_path,
+        )
+    if read_only:
+        raise InvalidArgumentError(
+            "read_only=True with local_path: a read-only Checkpointer has one tier. Open the "
+            "remote tier (or the local folder) alone with read_only=True.",
+            name="read_only",
+            value=read_only,
+        )
+    every = _validate.count(promote_every, name="promote_every", minimum=1, allow_none=True)
+    interval = _optional_seconds(promote_interval_s, "promote_interval_s")
+    if interval is not None and jax.process_count() > 1:
+        raise InvalidArgumentError(
+            "promote_interval_s in a multi-process job: each process would decide by its own "
+            "clock, and a step counts as promoted only when every process uploaded it. Use "
+            "promote_every=N instead.",
+            name="promote_interval_s",
+            value=promote_interval_s,
+        )
+    _validate.positive_seconds(promote_grace_s, name="promote_grace_s")
+    keep = _validate.count(
+        remote_max_to_keep, name="remote_max_to_keep", minimum=1, allow_none=True
+    )
+    policy = _tiers.PromotePolicy(
+        every=1 if every is None and interval is None else every, interval_s=interval
+    )
+    return policy, keep
 
 
 def _optional_seconds(value: object, name: str) -> float | None:

@@ -180,6 +180,40 @@ def _integrity_word(result: Any) -> str:
 
 # ------------------------------------------------------------------------------ ls
 def cmd_ls(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    remote = getattr(args, "remote", None)
+    if remote is None:
+        return _ls_one(args, out, err)
+    import io
+
+    # Two tiers: each is listed as `ls` lists one directory; a tier that cannot be listed
+    # (an empty local tier on a new machine, an unreachable remote) is reported, not fatal.
+    codes: dict[str, int] = {}
+    texts: dict[str, str] = {}
+    tiers = (("local", args.directory), ("remote", remote))
+    for tier, directory in tiers:
+        sub = argparse.Namespace(**{**vars(args), "directory": directory, "remote": None})
+        buffer = io.StringIO()
+        try:
+            codes[tier] = _ls_one(sub, buffer, err)
+        except (RoxxelError, OSError) as exc:
+            err.write(f"roxxel: {tier} tier: {exc}\n")
+            codes[tier] = EXIT_NO_CHECKPOINT
+        texts[tier] = buffer.getvalue()
+    if args.json:
+        json.dump(
+            {tier: json.loads(texts[tier]) if texts[tier].strip() else None for tier, _ in tiers},
+            out,
+            indent=2,
+        )
+        out.write("\n")
+    else:
+        for tier, directory in tiers:
+            out.write(f"{tier} tier: {directory}\n")
+            out.write(texts[tier] or "  (no checkpoint)\n")
+    return EXIT_OK if EXIT_OK in codes.values() else codes["local"]
+
+
+def _ls_one(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from ._inspect import age
 
     with _open(args) as checkpoints:
@@ -767,6 +801,12 @@ def build_parser() -> argparse.ArgumentParser:
         dest="verify",
         action="store_false",
         help="skip the checksum check (the INTEGRITY column then shows '-')",
+    )
+    ls.add_argument(
+        "--remote",
+        metavar="URL",
+        help="the remote tier of a two-tier checkpoint (DIRECTORY is then its local tier): "
+        "list both",
     )
     ranking(ls)
     progress(ls)

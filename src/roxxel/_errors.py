@@ -11,6 +11,7 @@ RoxxelError
 ├── NoCheckpointError (FileNotFoundError)   asking for the best step where none is
 ├── RestoreMismatchError (ValueError)       saved leaves that cannot go into the current model
 ├── BackgroundWriteError (RuntimeError)     a background save failed
+│   └── PromotionError                      a promotion to the remote tier failed
 ├── CheckpointerClosedError (RuntimeError)  a call after `close()`
 ├── StorageUnreachableError (ConnectionError) the object store's endpoint does not answer
 ├── CorruptCheckpointError (ValueError)     a step's files fail their checksums or cannot be parsed
@@ -42,6 +43,7 @@ __all__ = [
     "InvalidStepError",
     "NoCheckpointError",
     "PreemptionSyncError",
+    "PromotionError",
     "ReadOnlyError",
     "RestoreMismatchError",
     "RoxxelError",
@@ -146,6 +148,10 @@ class BackgroundWriteError(RoxxelError, RuntimeError):
     def __init__(self, message: str, *, step: int | None) -> None:
         super().__init__(message)
         self.step = step
+
+
+class PromotionError(BackgroundWriteError):
+    """Promoting a committed local step to the remote tier failed; the local step is intact."""
 
 
 class CheckpointerClosedError(RoxxelError, RuntimeError):

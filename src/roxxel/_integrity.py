@@ -505,6 +505,37 @@ def _records(
     return records, problems
 
 
+def load_record(
+    step_dir: str,
+) -> tuple[str, dict[str, tuple[int, int]], dict[str, int]] | str | None:
+    """The record of `step_dir` for a copy checked while it streams (a promotion).
+
+    Returns `(algorithm, {relpath: (size, checksum)}, {data relpath: size})`, an error text
+    when the record is unreadable or malformed, or None when the step has none.
+    """
+    try:
+        names = os.listdir(step_dir)
+    except OSError as exc:
+        return f"{step_dir}: unreadable ({exc.strerror or exc})"
+    loaded = _records(lambda name: _load_local(step_dir, name), names)
+    if loaded is None:
+        return None
+    records, problems = loaded
+    if problems:
+        return "; ".join(problems[:3])
+    files: dict[str, tuple[int, int]] = {}
+    data: dict[str, int] = {}
+    for rec in records:  # the step's record, then each process's (multi-process saves)
+        files.update(rec.files)
+        data.update(rec.data)
+    return records[0].algorithm, files, data
+
+
+def extend(algorithm: str, crc: int, data: memoryview) -> int:
+    """`crc` extended by `data` with the named algorithm (as the record names it)."""
+    return _ALGORITHMS[algorithm](crc, data)
+
+
 def check(
     step_dir: str,
     step: int,

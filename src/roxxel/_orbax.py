@@ -36,7 +36,7 @@ import shutil
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -128,15 +128,22 @@ class _RetentionPolicy:
     keep after that step commits: a temporary step is replaced, never lost.
     """
 
-    def __init__(self, retention: Retention, is_temporary: Callable[[int], bool]) -> None:
+    def __init__(
+        self,
+        retention: Retention,
+        is_temporary: Callable[[int], bool],
+        pinned: Callable[[], Collection[int]] = lambda: (),
+    ) -> None:
         self.retention = retention
         self.is_temporary = is_temporary
+        self.pinned = pinned  # steps kept whatever the rules say (a promotion reading them)
 
     def should_preserve(self, checkpoints: Sequence[Any], *, context: Any) -> Sequence[bool]:
         temporary = {c.step for c in checkpoints if self.is_temporary(c.step)}
         keep = steps_to_keep(
             [(c.step, c.metrics) for c in checkpoints], self.retention, temporary=temporary
         )
+        keep.update(self.pinned())
         return [c.step in keep for c in checkpoints]
 
 
@@ -362,6 +369,8 @@ class Store:
         self._temporary: dict[int, bool] = {}
         self._temporary_lock = threading.Lock()
         self.on_commit: Callable[[int], None] | None = None  # set by the Checkpointer
+        # Steps retention must keep for now (set by a two-tier Checkpointer: being promoted).
+        self.pinned: Callable[[], Collection[int]] = lambda: ()
         # The format new steps are written in: Roxxel's files locally, TensorStore on object
         # stores (see `save_tree`) and when zstd compression is asked for (format 2 has none).
         self.array_format = (
@@ -383,7 +392,9 @@ class Store:
             else None
         )
         options = ocp.CheckpointManagerOptions(
-            preservation_policy=_RetentionPolicy(self.retention, self.is_temporary),
+            preservation_policy=_RetentionPolicy(
+                self.retention, self.is_temporary, lambda: self.pinned()
+            ),
             best_fn=_ranking_value(self.retention),
             best_mode=self.retention.best_mode,
             create=not self.read_only,
