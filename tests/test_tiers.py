@@ -35,6 +35,7 @@ from roxxel.checkpoint import (
     InvalidArgumentError,
     PromotionError,
     StorageUnreachableError,
+    verify,
 )
 from test_cloud import (  # noqa: F401  silent_endpoint is a fixture
     delete_object,
@@ -329,9 +330,11 @@ def test_promotion_to_the_bucket_and_restore_on_a_new_machine(
     local = tmp_path / "local"
     model, optimizer = make(0)
     losses = {1: 0.5, 2: 0.1, 3: 0.4, 4: 0.3}
+    states = {}
     with Checkpointer(url, model, optimizer, local_path=str(local), max_to_keep=2) as ck:
         for step, loss in losses.items():
             train_steps(model, optimizer, 1)
+            states[step] = state_arrays(model, optimizer)
             ck.save(step, {"loss": loss})
             ck.wait_until_finished()
             assert ck.wait_until_promoted() == step
@@ -343,6 +346,10 @@ def test_promotion_to_the_bucket_and_restore_on_a_new_machine(
         assert f"{step}/commit_success.txt" in keys
         assert f"{step}/arrays/index.process_0.json" in keys
         assert f"{step}/roxxel_checksums.json" in keys
+    # the promoted copies verify against the records the local steps were saved with
+    results = verify(url)
+    assert [(r.step, r.ok) for r in results] == [(2, True), (4, True)]
+    assert all(r.files_checked for r in results)
 
     # a promoted step is an ordinary format-2 step of the bucket, read with ranged reads
     model2, optimizer2 = make(1)
@@ -357,7 +364,7 @@ def test_promotion_to_the_bucket_and_restore_on_a_new_machine(
         assert ck.restore() == 4
         assert ck.all_steps() == [4]
         assert ck.restore(step=2) == 2  # a given step is fetched too
-    assert_same_state(state_arrays(model3, optimizer3), state_arrays(model3, optimizer3))
+    assert_same_state(state_arrays(model3, optimizer3), states[2])
     model4, optimizer4 = make(3)
     with Checkpointer(url, model4, optimizer4, local_path=str(tmp_path / "new2")) as ck:
         assert ck.restore() == 4

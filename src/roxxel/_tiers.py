@@ -241,6 +241,9 @@ def _local_files(step_dir: str) -> list[str]:
     return sorted(found)
 
 
+_MARKER = _layout.COMMIT_MARKER
+
+
 def _upload_order(rel: str) -> tuple[int, str]:
     # Data first, metadata after, the step's own metadata and record last: a reader that
     # ignores the commit marker still meets an index only once its data is there.
@@ -474,7 +477,8 @@ class Promoter:
         try:
             relpaths = _local_files(src)
             expected = _expectations(src, relpaths)
-            mine = files_of_process(relpaths, self.process)
+            # The commit marker goes last, by `_commit`: on an object store it is the commit.
+            mine = [r for r in files_of_process(relpaths, self.process) if r != _MARKER]
             buffer = bytearray(_CHUNK)
             for rel in sorted(mine, key=_upload_order):
                 source = os.path.join(src, *rel.split("/"))
@@ -492,7 +496,7 @@ class Promoter:
             if self.process != 0:
                 return
             self._wait_for_markers(dst, step)
-        self._commit(step, dst)
+        self._commit(step, dst, src)
         with self._cond:
             self._remote_metrics[step] = _read_metrics(os.path.join(src, "metrics", "metrics"))
         if self.process == 0:
@@ -549,9 +553,15 @@ class Promoter:
             time.sleep(0.2)
             self.fs.invalidate_cache(dst)
 
-    def _commit(self, step: int, dst: str) -> None:
-        body = f"promoted by roxxel from {socket.gethostname()}:{self.local}\n".encode()
-        self.fs.pipe_file(f"{dst}/{_layout.COMMIT_MARKER}", body)
+    def _commit(self, step: int, dst: str, src: str) -> None:
+        # The local step's own marker, byte for byte: its checksum record names that text, so
+        # the remote copy verifies (and restores) like the local one.
+        try:
+            with open(os.path.join(src, _MARKER), "rb") as local_marker:
+                body = local_marker.read(1 << 16)
+        except OSError:
+            body = f"promoted by roxxel from {socket.gethostname()}:{self.local}\n".encode()
+        self.fs.pipe_file(f"{dst}/{_MARKER}", body)
         if not self._url:
             final = os.path.join(self.remote, str(step))
             if os.path.isdir(final):
@@ -722,7 +732,7 @@ def fetch(remote: str, local: str, step: int, *, timeout: float) -> None:
         try:
             for path in names:
                 rel = path[len(base) + 1 :]
-                if rel == _layout.COMMIT_MARKER or rel.startswith(MARKER_PREFIX):
+                if rel.startswith(MARKER_PREFIX):
                     continue
                 target = os.path.join(tmp, *rel.split("/"))
                 os.makedirs(os.path.dirname(target), exist_ok=True)
