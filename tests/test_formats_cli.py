@@ -14,7 +14,7 @@ import pytest
 from golden_models import GOLDEN, STEP, expected
 from roxxel import _cli
 
-VERSIONS = ["roxxel-0.1.0", "roxxel-0.2.0"]
+VERSIONS = ["roxxel-0.1.0", "roxxel-0.2.0", "roxxel-0.3.0"]
 
 
 def _copy(version: str, tmp_path: Path) -> tuple[Path, Path]:

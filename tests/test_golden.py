@@ -25,6 +25,7 @@ def test_golden_checkpoints_are_present() -> None:
     assert {p.name for p in FOLDERS} >= set(CASES)
     assert (GOLDEN / "roxxel-0.1.0").is_dir()  # format 1: TensorStore, through Orbax
     assert (GOLDEN / "roxxel-0.2.0").is_dir()  # format 2: Roxxel's own files
+    assert (GOLDEN / "roxxel-0.3.0").is_dir()  # format 2, checksum record format 3
 
 
 @pytest.mark.parametrize("folder", FOLDERS, ids=lambda p: f"{p.parent.name}/{p.name}")

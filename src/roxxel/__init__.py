@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from ._inspect import open_checkpoints as open
     from ._weights import load_weights
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 __all__ = ["CheckpointDir", "StepEntry", "__version__", "load_weights", "open"]
 
 _LAZY = {
