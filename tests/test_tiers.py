@@ -300,6 +300,8 @@ def test_options_need_local_path_and_are_checked(tmp_path: Path) -> None:
 # ------------------------------------------------------------------ real object stores
 
 
+# Fresh servers for this module (conftest's `store` then uses these): SeaweedFS as the tests
+# start it has a few 64 MB volumes and does not reuse deleted space, and promotions fill it.
 @pytest.fixture(scope="module")
 def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[servers.Server]:
     with servers.seaweed_s3(tmp_path_factory.mktemp("seaweedfs")) as server:
@@ -310,16 +312,6 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[servers.Serv
 def gcs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[servers.Server]:
     with servers.fake_gcs(tmp_path_factory.mktemp("fake-gcs")) as server:
         yield server
-
-
-@pytest.fixture(params=["s3", "gcs"])
-def store(
-    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
-) -> tuple[str, servers.Server]:
-    server: servers.Server = request.getfixturevalue(f"{request.param}_server")
-    for name, value in server.env.items():
-        monkeypatch.setenv(name, value)
-    return request.param, server
 
 
 def test_promotion_to_the_bucket_and_restore_on_a_new_machine(

@@ -12,6 +12,7 @@ cannot disagree about what counts as a checkpoint.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from collections.abc import Callable, Collection, Iterable
 from typing import Any
@@ -193,6 +194,21 @@ def _single_checkpoint(
         if _layout.is_single_checkpoint(entries, lister.read(name, _layout.CHECKPOINT_METADATA)):
             return StepFolder(0, name, "orbax", "")
     return None
+
+
+def parse_metrics(raw: bytes | str) -> dict[str, float] | None:
+    """A step's `metrics/metrics` JSON as `{name: number}` (non-numbers dropped), or None."""
+    try:
+        value = json.loads(raw)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(value, dict):
+        return None
+    return {
+        str(k): float(v)
+        for k, v in value.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
 
 
 # ------------------------------------------------------------------------- choosing a step

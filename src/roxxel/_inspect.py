@@ -31,6 +31,9 @@ if TYPE_CHECKING:
     from ._state import LeafSpec
 
 
+_PYTHON_WORDING = _directory.Wording(step="step=N", newest="step=None")
+
+
 @dataclasses.dataclass(frozen=True)
 class StepEntry:
     """One checkpoint folder: a committed step, or a save that never finished.
@@ -233,7 +236,13 @@ class CheckpointDir:
             raise _directory.no_checkpoint_error(listing)
         return listing.steps
 
-    def choose_step(self, step: int | None, *, best: bool = False) -> int:
+    def choose_step(
+        self,
+        step: int | None,
+        *,
+        best: bool = False,
+        wording: _directory.Wording = _directory.CLI_WORDING,
+    ) -> int:
         """Resolve `--step N` / `--best` / neither (the newest) to a committed step."""
         listing = self.listing()
         chosen = _directory.choose_step(
@@ -242,7 +251,7 @@ class CheckpointDir:
             best=best,
             best_metric=self.retention.best_metric,
             best_step=lambda: self.best,
-            wording=_directory.CLI_WORDING,
+            wording=wording,
         )
         if chosen is None:
             raise _directory.no_checkpoint_error(listing)
@@ -252,18 +261,7 @@ class CheckpointDir:
         """`step` checked against the committed steps (None: the newest)."""
         if step is not None:
             step = _validate.step(step)
-        listing = self.listing()
-        chosen = _directory.choose_step(
-            listing,
-            step=step,
-            best=False,
-            best_metric=self.retention.best_metric,
-            best_step=lambda: self.best,
-            wording=_directory.Wording(step="step=N", newest="step=None"),
-        )
-        if chosen is None:
-            raise _directory.no_checkpoint_error(listing)
-        return chosen
+        return self.choose_step(step, wording=_PYTHON_WORDING)
 
     # ------------------------------------------------------------------ leaves
     def metrics(self, step: int | None = None) -> dict[str, float]:

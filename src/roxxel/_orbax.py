@@ -1118,16 +1118,10 @@ def _foreign_metrics(directory: str, folder: _layout.StepFolder) -> dict[str, fl
 
     path = _directory.join(directory, folder.name, _layout.METRICS_ITEM, _layout.METRICS_ITEM)
     try:
-        value = json.loads(epath.Path(path).read_text())
-    except (OSError, ValueError):
+        raw = epath.Path(path).read_bytes()
+    except OSError:
         return None
-    if not isinstance(value, Mapping):
-        return None
-    return {
-        str(k): float(v)
-        for k, v in value.items()
-        if isinstance(v, (int, float)) and not isinstance(v, bool)
-    }
+    return _directory.parse_metrics(raw)
 
 
 def _tree_specs(item: str) -> dict[str, LeafSpec]:

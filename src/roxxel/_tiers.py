@@ -36,7 +36,6 @@ there by the ordinary path.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import shutil
@@ -580,7 +579,7 @@ class Promoter:
             if step in self._remote_metrics:
                 return self._remote_metrics[step]
         try:
-            value = _parse_metrics(
+            value = _directory.parse_metrics(
                 self.fs.cat_file(self._remote_path(str(step), "metrics", "metrics"))
             )
         except OSError:
@@ -622,24 +621,10 @@ class Promoter:
             self._remote_metrics.pop(step, None)
 
 
-def _parse_metrics(raw: bytes) -> dict[str, float] | None:
-    try:
-        value = json.loads(raw)
-    except (ValueError, RecursionError):
-        return None
-    if not isinstance(value, dict):
-        return None
-    return {
-        str(k): float(v)
-        for k, v in value.items()
-        if isinstance(v, (int, float)) and not isinstance(v, bool)
-    }
-
-
 def _read_metrics(path: str) -> dict[str, float] | None:
     try:
         with open(path, "rb") as handle:
-            return _parse_metrics(handle.read(1 << 20))
+            return _directory.parse_metrics(handle.read(1 << 20))
     except OSError:
         return None
 
