@@ -113,12 +113,14 @@ class _Lister:
             return None
 
 
-def classify(directory: str, name: str) -> StepFolder | Ignored | None:
+def classify(
+    directory: str, name: str, lister: _Lister | None = None
+) -> StepFolder | Ignored | None:
     """Classify one step-named folder of `directory` (used by Orbax's step listing too).
 
     None: an object-store step without its commit marker, a save that never finished.
     """
-    lister = _Lister(directory)
+    lister = lister or _Lister(directory)
     entries = lister.entries(name)
     if entries is None:
         return Ignored(name, "not a folder (a symbolic link, or unreadable)")
@@ -155,7 +157,7 @@ def scan(directory: str) -> Listing:
             pending.append((marker, name))
             continue
         if _layout.looks_like_step(name):
-            found = classify(directory, name)
+            found = classify(directory, name, lister)
             if found is None:
                 pending.append((_layout.step_number(name), name))
             elif isinstance(found, Ignored):
