@@ -18,7 +18,6 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -298,20 +297,6 @@ def test_options_need_local_path_and_are_checked(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------ real object stores
-
-
-# Fresh servers for this module (conftest's `store` then uses these): SeaweedFS as the tests
-# start it has a few 64 MB volumes and does not reuse deleted space, and promotions fill it.
-@pytest.fixture(scope="module")
-def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[servers.Server]:
-    with servers.seaweed_s3(tmp_path_factory.mktemp("seaweedfs")) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def gcs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[servers.Server]:
-    with servers.fake_gcs(tmp_path_factory.mktemp("fake-gcs")) as server:
-        yield server
 
 
 def test_promotion_to_the_bucket_and_restore_on_a_new_machine(

@@ -17,7 +17,7 @@ import os
 from collections.abc import Callable, Collection, Iterable
 from typing import Any
 
-from . import _layout, _paths
+from . import _layout, _paths, _storage
 from ._errors import CorruptCheckpointError, NoCheckpointError, StepNotFoundError
 from ._layout import Ignored, StepFolder
 
@@ -66,6 +66,25 @@ def join(directory: str, *names: str) -> str:
     return os.path.join(directory, *parts)
 
 
+_clients: dict[tuple[str, str], Any] = {}
+
+
+def client(url: str) -> Any:
+    """The fsspec client of an object-store URL, one per scheme and endpoint, listings fresh.
+
+    Not fsspec's shared instance: that one keeps the endpoint it was first made with, so a
+    process that moves to another endpoint (another server) would go on listing the old one.
+    """
+    import fsspec
+
+    key = (url.split("://", 1)[0], _storage.endpoint_for(url)[0])
+    fs = _clients.get(key)
+    if fs is None:
+        fs = _clients.setdefault(key, fsspec.core.url_to_fs(url, skip_instance_cache=True)[0])
+    fs.invalidate_cache()
+    return fs
+
+
 class _Lister:
     """Directory listing and small-file reads, by `os` locally and fsspec remotely.
 
@@ -77,12 +96,7 @@ class _Lister:
     def __init__(self, directory: str) -> None:
         self.directory = directory
         self.remote = _paths.is_url(directory)
-        self._fs: Any = None
-        if self.remote:
-            import fsspec
-
-            self._fs = fsspec.core.url_to_fs(directory)[0]
-            self._fs.invalidate_cache()
+        self._fs: Any = client(directory) if self.remote else None
 
     def entries(self, name: str) -> dict[str, bool] | None:
         """`{entry name: is a directory}` of `name` (None when it is not a listable folder)."""

@@ -581,9 +581,10 @@ def _corrupt(directory: str, problem: str) -> CorruptCheckpointError:
 def _listdir(directory: str, *, local: bool) -> list[str]:
     if local:
         return os.listdir(directory)
-    from etils import epath
+    from ._directory import client
 
-    return [p.name for p in epath.Path(directory).iterdir()]
+    fs = client(directory)
+    return [str(p).rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(fs._strip_protocol(directory))]
 
 
 def _read_small(path: str, *, local: bool) -> bytes:
@@ -596,9 +597,10 @@ def _read_small(path: str, *, local: bool) -> bytes:
             if info.st_size > _MAX_INDEX_BYTES:
                 raise ValueError(f"{info.st_size} bytes, larger than any index Roxxel writes")
             return handle.read()
-    from etils import epath
+    from ._directory import client
 
-    body: bytes = epath.Path(path).read_bytes()
+    fs = client(path)
+    body: bytes = fs.cat_file(fs._strip_protocol(path))
     return body
 
 
@@ -825,9 +827,10 @@ class _Reader:
         """One ranged GET per shard (fsspec's `cat_file`), several in parallel."""
         with self._lock:
             if self._fs is None:
-                import fsspec
+                from ._directory import client
 
-                self._fs, self._root = fsspec.core.url_to_fs(self.directory)
+                self._fs = client(self.directory)
+                self._root = str(self._fs._strip_protocol(self.directory)).rstrip("/")
         body = self._fs.cat_file(
             f"{self._root}/{shard.file}", start=shard.offset, end=shard.offset + shard.length
         )

@@ -266,11 +266,8 @@ def record_process(item_dir: str, process: int, *, algorithm: str = DEFAULT_ALGO
 
 def _fs_of(url: str) -> tuple[Any, str]:
     """The fsspec filesystem of a URL and the path inside it, with fresh listings."""
-    import fsspec
-
-    fs, root = fsspec.core.url_to_fs(url)
-    fs.invalidate_cache()  # s3fs and gcsfs keep listings; another process may have written
-    return fs, str(root).rstrip("/")
+    fs = _directory.client(url)  # fresh listings: another process may have written
+    return fs, str(fs._strip_protocol(url)).rstrip("/")
 
 
 def _remote_listing(fs: Any, root: str) -> dict[str, int]:
