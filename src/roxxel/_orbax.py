@@ -807,7 +807,12 @@ class Store:
 
     def _record_checksums(self) -> None:
         """Orbax's hook on the primary's commit thread, after every process's files are written
-        (Orbax's barrier), before the rename (or, on object stores, the commit marker)."""
+        (Orbax's barrier), before the rename (or, on object stores, the commit marker).
+
+        A step is committed only with its record: when the record cannot be written, this
+        raises, Orbax skips the commit, and the save fails with that error (`BackgroundWriteError`
+        from the next call). A step that commits unverifiable would pass a crash unnoticed.
+        """
         step = self._saving_step
         object_store = _storage.is_object_store(self.directory)
         candidates: list[str] = []
@@ -817,14 +822,10 @@ class Store:
             prefix = f"{step}{_TMP_MARKER}"
             candidates = [e.path for e in os.scandir(self.directory) if e.name.startswith(prefix)]
         if step is None or len(candidates) != 1:
-            logger.warning(
-                "roxxel: step %s is committed without checksums: its unfinished folder was not "
-                "found in %s (found %s)",
-                step,
-                self.directory,
-                candidates,
+            raise RuntimeError(
+                f"the checksums of step {step} were not written: its unfinished folder was not "
+                f"found in {self.directory} (found {candidates}), so the step is not committed"
             )
-            return
         try:
             # Orbax writes `_CHECKPOINT_METADATA` through its metadata store's own thread: the
             # record must read it after that write (on a store that was briefly down, it read
@@ -843,12 +844,11 @@ class Store:
                 ),
                 commit_marker=self.step_dir(step),  # Orbax writes it, then commits
             )
-        except Exception as exc:  # noqa: BLE001  a missing record must not lose the step
-            logger.warning(
-                "roxxel: step %s is committed without checksums: writing them failed: %s",
-                step,
-                exc,
-            )
+        except Exception as exc:
+            raise RuntimeError(
+                f"the checksums of step {step} could not be written ({type(exc).__name__}: "
+                f"{exc}), so the step is not committed"
+            ) from exc
 
     def _set_temporary(self, step: int, temporary: bool) -> None:
         """Known before Orbax's save starts: retention is asked then, the new step included."""
