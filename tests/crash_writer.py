@@ -5,7 +5,11 @@
 It reads one line per trial from stdin, `write DIRECTORY PORT`, forks a writer and prints
 `pid <pid>`, then `reaped` once the writer is gone (the test SIGKILLs it). `check DIRECTORY
 0` forks a restarted job instead: it restores the newest step into a fresh `tiny()` and prints
-`checked <step> <step its values show>` (or `checked error ...`), then exits. The writer (no JAX
+`checked <step> <step its values show>` (or `checked error ...`), then exits; `reopen DIRECTORY
+0` does the same as a writing job would (not read-only: it first settles an overwrite that was
+cut short). `overwrite DIRECTORY FIRST` forks an overwriter: it saves step 2 again and again
+(`overwrite=True`), stamped FIRST, FIRST + 1, ..., printing `saving <version>` and
+`committed <version>`. The writer (no JAX
 backend and no thread existed before the fork, so forking is safe) joins a
 `jax.distributed` job on 127.0.0.1:PORT when NUM_PROCESSES > 1, makes a `Checkpointer` on
 DIRECTORY (a local folder or a `gs://`/`s3://` URL), restores the newest step, prints
@@ -85,14 +89,33 @@ def writer(directory: str, port: int) -> None:
         ck.save(step, {"loss": 1.0 / step})
 
 
-def checker(directory: str) -> None:
+def overwriter(directory: str, first: int) -> None:
+    """Overwrite step 2 again and again, each version stamped with its number."""
+    from reliability import stamp
+    from roxxel.checkpoint import Checkpointer
+
+    model, optimizer = tiny()
+    ck = Checkpointer(directory, model, optimizer, timeout=60)
+    ck.restore()
+    print("ready", flush=True)
+    version = first
+    while True:
+        stamp(model, optimizer, version)
+        print(f"saving {version}", flush=True)
+        ck.save(2, {"loss": 1.0}, overwrite=True)
+        ck.wait_until_finished()
+        print(f"committed {version}", flush=True)
+        version += 1
+
+
+def checker(directory: str, *, read_only: bool = True) -> None:
     """A restarted job in a fresh process image: what does `restore()` give?"""
     from reliability import stamped_step
     from roxxel.checkpoint import Checkpointer
 
     model, optimizer = tiny()
     try:
-        with Checkpointer(directory, model, optimizer, read_only=True, timeout=60) as ck:
+        with Checkpointer(directory, model, optimizer, read_only=read_only, timeout=60) as ck:
             step = ck.restore()
     except Exception as exc:  # noqa: BLE001  reported to the test, which fails on it
         print(f"checked error {type(exc).__name__}: {str(exc)[:300]!r}", flush=True)
@@ -106,10 +129,12 @@ for line in sys.stdin:
     pid = os.fork()
     if pid == 0:
         try:
-            if command == "check":
-                checker(directory)
+            if command in ("check", "reopen"):
+                checker(directory, read_only=command == "check")
                 sys.stdout.flush()
                 os._exit(0)
+            if command == "overwrite":
+                overwriter(directory, int(port))
             writer(directory, int(port))
         finally:
             os._exit(1)

@@ -10,7 +10,12 @@ mesh of all global devices, and so is the optimizer state built from them.
 Modes:
   save        train and save steps 1-4 from every process; step 4 is left to the exit drain.
   restore     restore the newest step into a fresh model; process 0 writes the values.
+  restore-writer  the same from a writing (not read-only) Checkpointer, which first settles
+              an overwrite cut short.
   die         process 1 exits before saving; process 0 saves and waits (a dead peer).
+  overwrite   save steps 1 and 2, train, then save step 2 again with overwrite=True.
+  overwrite-die  reopen, train, overwrite step 2; process 1 exits as soon as save() returns
+              (the old step is set aside, the new one not committed): a crashed host.
 
 Each process prints `RESULT <json>` lines that the test reads; values go to OUT_DIR as .npz.
 """
@@ -171,6 +176,18 @@ elif MODE == "restore":
     result(restored=step, steps=ck.all_steps(), best=ck.best_step(), devices=jax.device_count())
     ck.close()
 
+elif MODE == "restore-writer":
+    model, optimizer = build(seed=3)
+    with Checkpointer(CKPT, model, optimizer, timeout=60) as ck:
+        step = ck.restore()
+        steps = ck.all_steps()
+    values = gathered(model, optimizer)
+    if PID == 0:
+        np.savez(
+            os.path.join(OUT, f"restored-writer-{NPROC}x{jax.local_device_count()}.npz"), **values
+        )
+    result(restored=step, steps=steps)
+
 elif MODE == "tiers":
     # two tiers: the local tier is a folder both processes share (OUT/local), the remote
     # tier is CKPT; each process promotes its own files, process 0 commits the step
@@ -225,3 +242,43 @@ elif MODE == "die":
     except Exception as exc:
         result(outcome=type(exc).__name__, message=str(exc), seconds=time.perf_counter() - started)
         raise
+
+elif MODE == "overwrite":
+    model, optimizer = build(seed=0)
+    ck = Checkpointer(CKPT, model, optimizer, timeout=60)
+    for step in (1, 2):
+        ck.save(step, {"loss": 1.0, "train_loss": train_step(model, optimizer)})
+        ck.wait_until_finished()
+    train_step(model, optimizer)
+    ck.save(2, {"loss": 0.5}, overwrite=True)
+    aside_while_saving = os.path.isdir(os.path.join(CKPT, "2.roxxel-replaced"))
+    ck.wait_until_finished()
+    multihost_utils.sync_global_devices("overwritten")
+    expected = gathered(model, optimizer)
+    if PID == 0:
+        np.savez(os.path.join(OUT, "expected-overwrite.npz"), **expected)
+    result(
+        aside_while_saving=aside_while_saving,
+        aside_after=os.path.isdir(os.path.join(CKPT, "2.roxxel-replaced")),
+        steps=ck.all_steps(),
+    )
+    ck.close()
+
+elif MODE == "overwrite-die":
+    model, optimizer = build(seed=3)
+    ck = Checkpointer(CKPT, model, optimizer, timeout=20)
+    restored = ck.restore()
+    train_step(model, optimizer)
+    newer = gathered(model, optimizer)
+    if PID == 0:
+        np.savez(os.path.join(OUT, "expected-newer.npz"), **newer)
+    ck.save(2, {"loss": 0.25}, overwrite=True)
+    result(restored=restored, aside=os.path.isdir(os.path.join(CKPT, "2.roxxel-replaced")))
+    if PID == 1:
+        os._exit(3)  # a crashed host, with its part of the new step 2 in flight
+    try:
+        ck.wait_until_finished()
+        result(outcome="saved")
+    except Exception as exc:  # noqa: BLE001  reported to the test
+        result(outcome=type(exc).__name__, message=str(exc)[:2000])
+    os._exit(4)  # the job is over: its peer is gone

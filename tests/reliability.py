@@ -207,10 +207,10 @@ class Zygote:
                 break
         return 0
 
-    def restarted_job(self, directory: str) -> tuple[int, int]:
-        """(step restored, step its values show) in a forked restarted job; AssertionError
-        with the error's text if `restore()` raised."""
-        self.fork(directory, command="check")
+    def restarted_job(self, directory: str, *, read_only: bool = True) -> tuple[int, int]:
+        """(step restored, step its values show) in a forked restarted job (read-only, or a
+        writing job's `reopen`); AssertionError with the error's text if `restore()` raised."""
+        self.fork(directory, command="check" if read_only else "reopen")
         line = self.output.until("checked", 120)[-1]
         self.output.until("reaped", 60)
         assert not line.startswith("checked error"), line

@@ -186,3 +186,52 @@ def test_each_process_records_its_own_files_and_restore_checks_them_all(
     check_ok(job)
     assert job.result(0, "restored") == 3
     assert process_record_name(1) in job.outputs[0]
+
+
+def test_overwrite_keeps_the_old_step_until_every_process_wrote_the_new_one(
+    tmp_path: Path,
+) -> None:
+    """`save(2, overwrite=True)` in a 2-process job: process 0 sets step 2 aside while every
+    process waits at a barrier; the aside goes once the new step has committed. When a process
+    dies mid-overwrite, the next job restores one of the two versions bit for bit (the old one
+    put back, or the new one if it committed) and leaves no aside."""
+    ckpt, out = tmp_path / "ck", tmp_path / "out"
+    out.mkdir()
+    job = run_job("overwrite", ckpt, out, processes=2, local_devices=4)
+    check_ok(job)
+    for pid in (0, 1):
+        assert job.result(pid, "aside_while_saving") is True
+        assert job.result(pid, "aside_after") is False
+        assert job.result(pid, "steps") == [1, 2]
+    check_ok(run_job("restore", ckpt, out, processes=2, local_devices=4))
+    with np.load(out / "expected-overwrite.npz") as data:
+        overwritten = {key: data[key] for key in data.files}
+    with np.load(out / "restored-2x4.npz") as data:
+        assert_same({key: data[key] for key in data.files}, overwritten)
+
+    died = run_job("overwrite-die", ckpt, out, processes=2, local_devices=4, limit=120)
+    assert died.returncodes[1] == 3, died.outputs[1][-3000:]
+    assert died.returncodes[0] not in (0, 124, 137), died.outputs[0][-6000:]
+    for pid in (0, 1):
+        assert died.result(pid, "restored") == 2
+        assert died.result(pid, "aside") is True
+    # The next job (writing, so it settles the overwrite) finds step 2 put back, whole.
+    reopened = run_job("restore-writer", ckpt, out, processes=2, local_devices=4)
+    check_ok(reopened)
+    for pid in (0, 1):
+        assert reopened.result(pid, "restored") == 2
+        assert reopened.result(pid, "steps") == [1, 2]
+    assert sorted(p.name for p in ckpt.iterdir() if not p.name.startswith(".")) == ["1", "2"]
+    with np.load(out / "expected-newer.npz") as data:
+        newer = {key: data[key] for key in data.files}
+    with np.load(out / "restored-writer-2x4.npz") as data:
+        restored = {key: data[key] for key in data.files}
+    # Process 1 may have written its part before it died (its save ran on its own thread),
+    # and then process 0 committed the new step: either version, whole, never a mix.
+    matches = [
+        name
+        for name, version in (("old", overwritten), ("new", newer))
+        if all(np.array_equal(restored[key], version[key]) for key in version)
+    ]
+    assert len(matches) == 1, matches
+    print(f"a process died mid-overwrite; the next job restored the {matches[0]} step 2")

@@ -178,3 +178,15 @@ def test_an_overwrite_that_fills_the_disk_keeps_the_old_step(
         assert sorted(os.listdir(directory)) == [".roxxel-writer.lock", "1", "2"]
         with Checkpointer(directory, model, optimizer, read_only=True) as ck:
             assert ck.restore() == 2 and stamped_step(model, optimizer) == 5
+
+
+def test_settle_rules() -> None:
+    """The pure rule that settles the asides a directory holds (no disk)."""
+    from roxxel._overwrite import Settlement, aside_name, aside_step, settle
+
+    assert aside_step(aside_name(12)) == 12
+    assert aside_step("12") is None and aside_step("012.roxxel-replaced") is None
+    # (step, aside complete): committed -> drop; not committed -> put back if whole, else stuck
+    plan = settle([(3, True), (5, True), (7, False), (9, False), (11, True)], {3, 9}, live={11})
+    assert plan == Settlement(drop=(3, 9), put_back=(5,), stuck=(7,))
+    assert settle([], {1}, ()) == Settlement()

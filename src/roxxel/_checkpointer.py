@@ -282,7 +282,7 @@ class Checkpointer:
         # wait for it, bounded, and never remove its unfinished folder.
         if not read_only:
             self._store.wait_for_others()
-        self._store.remove_partial()
+        self._store.settle()
         self._telemetry = _telemetry.Telemetry(self.directory, on_commit)
         self._store.on_commit = self._telemetry.committed
         self._promoter: _tiers.Promoter | None = None

@@ -14,7 +14,7 @@ The Store owns an Orbax `CheckpointManager` configured for Roxxel:
   Orbax's `PyTreeCheckpointHandler`;
 * `CheckpointManager.save()` runs on a background thread, so `save()` blocks only for the
   snapshot (`_format.snapshot`), never for Orbax's fixed cost per call;
-* an overwritten step is renamed aside (`REPLACED`) until the new one has committed, and the
+* an overwritten step is set aside (`_overwrite`) until the new one has committed, and the
   writing Stores of one directory in one process never remove each other's saves in flight
   (`remove_partial`, `wait_for_others`).
 
@@ -43,7 +43,17 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from . import _directory, _format, _integrity, _layout, _lifecycle, _migrate, _paths, _storage
+from . import (
+    _directory,
+    _format,
+    _integrity,
+    _layout,
+    _lifecycle,
+    _migrate,
+    _overwrite,
+    _paths,
+    _storage,
+)
 from ._errors import PARSE_ERRORS, CorruptCheckpointError, RoxxelError
 from ._extras import ARRAY_KINDS
 from ._retention import Retention, steps_to_keep
@@ -82,8 +92,8 @@ _TMP_MARKER = _layout.TMP_MARKER
 # Retention moves a step here with one rename, then Roxxel empties it: a crash in the middle
 # of a deletion never leaves a half-deleted folder that looks like a committed step.
 TRASH = _layout.TRASH
-# `save(step, overwrite=True)` renames the old step to `<step>.roxxel-replaced` and deletes it
-# only once the new one has committed; a writer that finds it with no `<step>` renames it back.
+# `save(step, overwrite=True)` sets the old step aside as `<step>.roxxel-replaced` and deletes it
+# only once the new one has committed; a writer that finds it with no `<step>` puts it back.
 REPLACED = _layout.REPLACED
 
 # The writing Stores of each local directory in this process. Several Checkpointers on one
@@ -313,20 +323,6 @@ def _step_of(name: str) -> int | None:
     """The step a folder name of Roxxel's or Orbax's belongs to (`12`, `12.orbax-...`)."""
     head = name.split(".", 1)[0]
     return int(head) if head.isdigit() else None
-
-
-def _fsync_dir(directory: str) -> None:
-    """Make a rename in `directory` durable (best effort: some filesystems refuse)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 class Store:
@@ -864,23 +860,39 @@ class Store:
     def set_aside(self, step: int) -> None:
         """Make room for a new `step` (an overwrite) without losing the old one yet.
 
-        On a local directory written by one process the old step is renamed to
-        `<step>.roxxel-replaced` (one rename, then the directory is fsynced): it is deleted by
-        `remove_partial` once the new step has committed, and renamed back if the new one
-        never does, so a crash or a failed write at any moment leaves one of the two. On object
-        stores (no rename) and in multi-process jobs (every process would have to agree on the
-        rename) the old step is deleted first, as before.
+        The old step becomes `<step>.roxxel-replaced` (`_overwrite`: a rename locally, a
+        server-side copy with its commit marker last on object stores); `remove_partial`
+        deletes it once the new step has committed and puts it back if the new one never does,
+        so a crash or a failed write at any moment leaves one of the two. In a multi-process
+        job the primary process does it and every process waits for it at a barrier.
         """
-        if _paths.is_url(self.directory) or jax.process_count() > 1:
-            self._manager.delete(step)
-            return
-        aside = os.path.join(self.directory, f"{step}{REPLACED}")
-        if os.path.lexists(aside):  # an older aside of this step: the committed one is newer
-            shutil.rmtree(aside)
-        os.rename(self.step_dir(step), aside)
-        _fsync_dir(self.directory)
-        self._replacing = step
+        primary = jax.process_index() == 0
+        # Every process has listed the step (and so decided to replace it) before it moves.
+        self._barrier(f"roxxel-setting-aside-{step}")
+        if primary:
+            _overwrite.set_aside(self.directory, step)
+        self._barrier(f"roxxel-set-aside-{step}")
+        self._replacing = step if primary else None
+        _storage.forget_listings(self.directory)
         self._manager.reload()  # Orbax must forget the step, or its save() refuses it
+
+    def _barrier(self, name: str) -> None:
+        """Wait for every process of a multi-process job to reach `name` (no-op in one)."""
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices(name)
+
+    def settle(self) -> None:
+        """When a writer opens the directory: `remove_partial` on the primary process, then, in
+        a multi-process job, a barrier and a fresh listing, so every process sees the steps
+        the primary put back."""
+        self.remove_partial()
+        if jax.process_count() > 1 and not self.read_only:
+            self._barrier("roxxel-settle")
+            _storage.forget_listings(self.directory)
+            with self._parsing(None):
+                self._manager.reload()
 
     @property
     def replacing(self) -> int | None:
@@ -999,49 +1011,55 @@ class Store:
 
     def remove_partial(self, *, own_save_over: bool = False) -> list[str]:
         """Delete folders of saves that never committed (`<step>.orbax-checkpoint-tmp*`), and
-        settle overwrites: an old step set aside (`<step>.roxxel-replaced`) is deleted if the
-        new `<step>` committed and renamed back if not.
+        settle overwrites (`_overwrite.settle`): an old step set aside
+        (`<step>.roxxel-replaced`) is deleted if the new `<step>` committed and put back if
+        not. On object stores only the overwrites are settled.
 
         Folders of saves in flight in this process (this Store's or another Checkpointer's on
         the same directory) are left alone; `own_save_over` says this Store's last save is
         over whatever its manager reports (`recover()` closed that manager).
         """
-        if self.read_only or _paths.is_url(self.directory) or jax.process_index() != 0:
+        if self.read_only or jax.process_index() != 0:
             return []
+        remote = _paths.is_url(self.directory)
         removed: list[str] = []
-        restored: list[int] = []
         # Deferred Ctrl-C: a half-done pass would leave a folder behind at exit.
         with _lifecycle.interrupts_deferred(), _writers_guard:
             # A save that starts after this scan makes its folder after it.
             live = self._live_steps(own=not own_save_over)
-            try:
-                entries = list(os.scandir(self.directory))
-            except OSError:
-                return []
-            for entry in entries:
-                step = _step_of(entry.name)
-                if step in live or not entry.is_dir(follow_symlinks=False):
-                    continue
-                if _TMP_MARKER in entry.name:
-                    shutil.rmtree(entry.path, ignore_errors=True)
-                    removed.append(entry.name)
-                elif step is not None and entry.name == f"{step}{REPLACED}":
-                    if os.path.lexists(self.step_dir(step)):  # the new one committed
+            if not remote:
+                try:
+                    entries = list(os.scandir(self.directory))
+                except OSError:
+                    return []
+                for entry in entries:
+                    if (
+                        _TMP_MARKER in entry.name
+                        and _step_of(entry.name) not in live
+                        and entry.is_dir(follow_symlinks=False)
+                    ):
                         shutil.rmtree(entry.path, ignore_errors=True)
-                    else:
-                        os.rename(entry.path, self.step_dir(step))
-                        _fsync_dir(self.directory)
-                        restored.append(step)
+                        removed.append(entry.name)
+            plan = _overwrite.settle_directory(
+                self.directory,
+                lambda: {f.step for f in _directory.scan(self.directory).folders},
+                live,
+            )
             if self._replacing is not None and self._replacing not in live:
                 self._replacing = None
-        self.empty_trash()
+        if plan.put_back:
+            _storage.forget_listings(self.directory)
+            with self._parsing(None):
+                self._manager.reload()
+        if not remote:
+            self.empty_trash()
         if removed:
             logger.info("roxxel: removed unfinished checkpoint folders %s", sorted(removed))
-        if restored:
+        if plan.put_back:
             logger.warning(
                 "roxxel: restored step %s in %s: it was being overwritten and the new version "
                 "never committed",
-                ", ".join(map(str, sorted(restored))),
+                ", ".join(map(str, plan.put_back)),
                 self.directory,
             )
         return removed

@@ -160,6 +160,18 @@ def endpoint_for(path: str, env: Mapping[str, str] | None = None) -> tuple[str, 
     return _GCS_DEFAULT_URL, "Google Cloud Storage (no TENSORSTORE_GCS_HTTP_URL set)"
 
 
+def forget_listings(path: str) -> None:
+    """Drop the cached listings of the fsspec client Orbax reads and writes `path` with
+    (etils.epath's own shared instance, kept for the life of the process), after Roxxel or
+    another process changed the folders there: Orbax would otherwise go on seeing a step that
+    was moved aside (and fail to delete it) or miss one that was put back."""
+    if not is_object_store(path):
+        return
+    from etils.epath import backend
+
+    backend.fsspec_backend.fs(path).invalidate_cache()
+
+
 def check_reachable(path: str, *, timeout: float) -> None:
     """One HTTP request to the endpoint behind `path`; any HTTP answer counts as reachable.
 

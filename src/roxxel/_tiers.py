@@ -571,7 +571,7 @@ class Promoter:
     # ------------------------------------------------------------------ retention
     def listing(self) -> _directory.Listing:
         """The remote tier's listing (`_directory.scan`)."""
-        _fresh_listings(self.remote)
+        _storage.forget_listings(self.remote)
         return _directory.scan(self.remote)
 
     def _metrics_of(self, step: int, listing: _directory.Listing) -> Mapping[str, float] | None:
@@ -647,17 +647,6 @@ def _fsync_dir(path: str) -> None:
 
 
 # ---------------------------------------------------------------------------- restore
-def _fresh_listings(remote: str) -> None:
-    """Drop the cached listings of the fsspec client `_directory.scan` reads a URL with
-    (etils.epath's own instance, kept for the life of the process), so that the steps another
-    client wrote or deleted (the promoter, another process) are seen."""
-    if not _paths.is_url(remote):
-        return
-    from etils.epath import backend
-
-    backend.fsspec_backend.fs(remote).invalidate_cache()
-
-
 def remote_listing(remote: str, timeout: float) -> _directory.Listing | None:
     """The remote tier's listing, or None (with a warning) when it cannot be read in time."""
     from ._orbax import run_bounded
@@ -668,7 +657,7 @@ def remote_listing(remote: str, timeout: float) -> _directory.Listing | None:
         if _storage.is_object_store(remote):
             # `scan` reads an unreachable store as an empty one; ask the endpoint first.
             _storage.check_reachable(remote, timeout=timeout)
-        _fresh_listings(remote)
+        _storage.forget_listings(remote)
         found.append(_directory.scan(remote))
 
     try:
