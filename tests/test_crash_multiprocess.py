@@ -3,10 +3,12 @@
 Each trial forks one writer from each of two zygotes (`tests/crash_writer.py`), which join a
 `jax.distributed` job on 127.0.0.1 (gloo, 2 CPU devices each) and save step after step into
 one local directory, every leaf a global array stamped with its step (the kernel sharded
-over both processes). At a random moment during the saves one of the two (process 0 and
-process 1 in turn) gets SIGKILL; the other one goes 0.2 s later, as a job scheduler would
-end it (alone it would abort at the coordination service's heartbeat timeout). Then, like a
-restarted job, the test opens the directory in one process and checks that:
+over both processes). At a random moment during the saves (in half of the trials, a moment
+when a save's unfinished folder exists, so that enough kills land mid-write on a loaded host)
+one of the two (process 0 and process 1 in turn) gets SIGKILL; the other one goes 0.2 s
+later, as a job scheduler would end it (alone it would abort at the coordination service's
+heartbeat timeout). Then, like a restarted job, the test opens the directory in one process
+and checks that:
 
 * the unfinished folders of the killed save are removed;
 * `restore()` returns the newest committed step with exactly its state;
@@ -16,6 +18,7 @@ restarted job, the test opens the directory in one process and checks that:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import time
@@ -30,6 +33,17 @@ from servers import free_port
 pytestmark = pytest.mark.slow
 
 TRIALS = 10
+
+
+def _until_a_save_is_unfinished(directory: Path, seconds: float) -> None:
+    """Wait until `directory` holds an unfinished step folder (a save is writing)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        with contextlib.suppress(FileNotFoundError):
+            if any(".orbax-checkpoint-tmp" in name for name in os.listdir(directory)):
+                return
+        time.sleep(0.005)
+    raise AssertionError(f"no save began writing in {directory} within {seconds} s")
 
 
 def test_sigkill_of_one_of_two_processes_mid_save(tmp_path: Path) -> None:
@@ -47,7 +61,11 @@ def test_sigkill_of_one_of_two_processes_mid_save(tmp_path: Path) -> None:
             for zygote in zygotes:
                 zygote.output.until("ready", 90)
             zygotes[0].output.until("saving", 60)  # the first save of this trial has begun
-            time.sleep(rng.uniform(0.0, 1.2))
+            if trial % 4 < 2:  # at any moment of the saves
+                time.sleep(rng.uniform(0.0, 1.2))
+            else:  # while a save's files are being written (a loaded host can miss that)
+                _until_a_save_is_unfinished(directory, 30)
+                time.sleep(rng.uniform(0.0, 0.05))
             victim = trial % 2
             zygotes[victim].kill_and_reap(pids[victim])
             time.sleep(0.2)
