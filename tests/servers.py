@@ -109,6 +109,11 @@ def _spawn(args: list[str], log: Path, workdir: Path) -> subprocess.Popen[bytes]
     and would kill the server when that thread ends. The fixture's teardown kills it.
     """
     main = threading.current_thread() is threading.main_thread()
+    # Not the clients' variables: a SeaweedFS started with AWS_ACCESS_KEY_ID set adds an
+    # admin identity from it and then fails to load its IAM configuration (every request is
+    # refused), which is what a restart from inside a test (its environment pointing at the
+    # server) used to run into.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "STORAGE_EMULATOR"))}
     with open(log, "ab") as out:
         return subprocess.Popen(
             _die_with_parent(args) if main else args,
@@ -116,6 +121,7 @@ def _spawn(args: list[str], log: Path, workdir: Path) -> subprocess.Popen[bytes]
             stderr=subprocess.STDOUT,
             start_new_session=True,
             cwd=workdir,
+            env=env,
         )
 
 
@@ -164,6 +170,7 @@ def seaweed_s3(workdir: Path) -> Iterator[Server]:
         f"-master.port={master}",
         "-master.telemetry=false",
         "-master.volumeSizeLimitMB=64",
+        "-master.electionTimeout=1s",  # a restart waits this long for a leader (10 s)
         f"-volume.port={volume}",
         "-volume.preStopSeconds=0",
         "-filer",
