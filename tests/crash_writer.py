@@ -17,7 +17,7 @@ DIRECTORY (a local folder or a `gs://`/`s3://` URL), restores the newest step, p
 before each save. Every leaf is stamped with its step (`reliability.stamp`), as a global
 array over all processes' devices in a multi-process job (the kernel sharded over them), so
 the test can restore it into a plain single-process `reliability.tiny()` and tell the step
-from the values.
+from the values. `CRASH_WRITER_SIZE` sets the width of every `tiny()` model (64 by default).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import threading
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 PID, NPROC = int(sys.argv[1]), int(sys.argv[2])
+SIZE = int(os.environ.get("CRASH_WRITER_SIZE", "64"))  # the width of `reliability.tiny`
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
@@ -70,7 +71,7 @@ def writer(directory: str, port: int) -> None:
     from roxxel.checkpoint import Checkpointer
 
     mesh = Mesh(np.array(jax.devices()), ("data",))
-    model, optimizer = tiny()
+    model, optimizer = tiny(SIZE)
 
     def stamped(step: int) -> None:
         if NPROC > 1:
@@ -94,7 +95,7 @@ def overwriter(directory: str, first: int) -> None:
     from reliability import stamp
     from roxxel.checkpoint import Checkpointer
 
-    model, optimizer = tiny()
+    model, optimizer = tiny(SIZE)
     ck = Checkpointer(directory, model, optimizer, timeout=60)
     ck.restore()
     print("ready", flush=True)
@@ -113,7 +114,7 @@ def checker(directory: str, *, read_only: bool = True) -> None:
     from reliability import stamped_step
     from roxxel.checkpoint import Checkpointer
 
-    model, optimizer = tiny()
+    model, optimizer = tiny(SIZE)
     try:
         with Checkpointer(directory, model, optimizer, read_only=read_only, timeout=60) as ck:
             step = ck.restore()

@@ -13,59 +13,18 @@ from __future__ import annotations
 import logging
 import os
 import random
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO, assert_same_state, state_arrays
-from reliability import LineReader, stamp, stamped_step, tiny, tmpfs
+from conftest import assert_same_state, state_arrays
+from reliability import Zygote, stamp, stamped_step, tiny, tmpfs
 from roxxel._orbax import REPLACED
 from roxxel.checkpoint import BackgroundWriteError, Checkpointer, verify
 
 TRIALS = 24
 STEP = 2  # the step overwritten again and again; step 1 is never touched
-
-ZYGOTE = r"""
-import os, sys, threading
-sys.path.insert(0, {tests!r})
-import optax  # noqa
-import roxxel.checkpoint  # noqa: heavy imports once, before any fork
-from reliability import stamp, tiny
-assert threading.active_count() == 1, "the zygote must have no threads before forking"
-
-
-def writer(directory, first):
-    from roxxel.checkpoint import Checkpointer
-    model, optimizer = tiny(256)
-    ck = Checkpointer(directory, model, optimizer)
-    ck.restore()
-    print("ready", flush=True)
-    version = first
-    while True:
-        stamp(model, optimizer, version)
-        print(f"saving {{version}}", flush=True)
-        ck.save({step}, {{"loss": 1.0}}, overwrite=True)
-        ck.wait_until_finished()
-        print(f"committed {{version}}", flush=True)
-        version += 1
-
-
-for line in sys.stdin:
-    directory, first = line.split()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            writer(directory, int(first))
-        finally:
-            os._exit(1)
-    print(f"pid {{pid}}", flush=True)
-    os.waitpid(pid, 0)
-    print("reaped", flush=True)
-"""
 
 
 @pytest.mark.slow
@@ -79,27 +38,17 @@ def test_sigkill_during_overwrites_always_leaves_one_intact_version(tmp_path: Pa
         stamp(model, optimizer, 0)  # version 0 of step 2
         ck.save(STEP, {"loss": 1.0})
     on_disk = 0  # the version of step 2 known to be committed
-    zygote = subprocess.Popen(
-        [sys.executable, "-c", ZYGOTE.format(tests=str(REPO / "tests"), step=STEP)],
-        cwd=tmp_path,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-    )
+    # `tests/crash_writer.py`'s overwriter saves step 2 again and again, stamped first, first+1..
+    zygote = Zygote(0, 1, tmp_path, {"CRASH_WRITER_SIZE": "256"})
     moments = {"old version only aside": 0, "aside and new committed": 0, "new being written": 0}
     restored_new = 0
     try:
-        assert zygote.stdin is not None
-        output = LineReader(zygote.stdout)
         for trial in range(TRIALS):
-            first = trial * 500 + 1
-            zygote.stdin.write(f"{directory} {first}\n".encode())
-            zygote.stdin.flush()
-            pid = int(output.next(60).split()[1])
-            assert output.next(60) == "ready"
-            time.sleep(rng.uniform(0.05, 0.5))
-            os.kill(pid, signal.SIGKILL)
-            lines = output.until("reaped", 60)
+            pid = zygote.fork(str(directory), trial * 500 + 1, command="overwrite")
+            assert zygote.output.next(60) == "ready"
+            time.sleep(rng.uniform(0.05, 1.2))
+            zygote.kill_and_reap(pid)
+            lines = zygote.output.seen[zygote.output.seen.index(f"pid {pid}") :]
             saving = [int(x.split()[1]) for x in lines if x.startswith("saving ")]
             committed = [int(x.split()[1]) for x in lines if x.startswith("committed ")]
             names = set(os.listdir(directory))
@@ -125,11 +74,7 @@ def test_sigkill_during_overwrites_always_leaves_one_intact_version(tmp_path: Pa
             finally:
                 ck.close()
     finally:
-        zygote.kill()
-        zygote.wait(timeout=30)
-        assert zygote.stdin is not None and zygote.stdout is not None
-        zygote.stdin.close()
-        zygote.stdout.close()
+        zygote.close()
     print(
         f"overwrite crash trials: {TRIALS}; on disk at the kill: {moments}; "
         f"the new version was restored {restored_new} times, the old one otherwise"
