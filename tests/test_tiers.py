@@ -219,6 +219,52 @@ def test_restore_takes_the_newest_step_across_tiers(tmp_path: Path) -> None:
         assert_same_state(state_arrays(model3, optimizer3), newest)
 
 
+def test_restore_best_ranks_the_steps_of_both_tiers(tmp_path: Path) -> None:
+    """`restore(best=True)` fetches the best step from the remote tier when the local tier
+    lacks it (a new machine, or local retention deleted it) and keeps a better local one."""
+    remote, local = tmp_path / "remote", tmp_path / "local"
+    model, optimizer = make(0)
+    states = {}
+    with Checkpointer(
+        str(remote),
+        model,
+        optimizer,
+        local_path=str(local),
+        max_to_keep=1,
+        keep_best=0,
+        remote_max_to_keep=None,
+    ) as ck:
+        for step, loss in {1: 0.9, 2: 0.1, 3: 0.5}.items():
+            _train_and_save(ck, model, optimizer, {step: loss})
+            states[step] = state_arrays(model, optimizer)
+        ck.wait_until_promoted()
+        assert ck.all_steps() == [3] and ck.remote_steps() == [1, 2, 3]
+
+    # the local tier holds only step 3: the remote step 2 (loss 0.1) is the best of both
+    model2, optimizer2 = make(1)
+    with Checkpointer(str(remote), model2, optimizer2, local_path=str(local)) as ck:
+        assert ck.restore(best=True) == 2
+        assert_same_state(state_arrays(model2, optimizer2), states[2])
+        assert 2 in ck.all_steps()  # copied to the local tier, checked on the way
+
+    # a new machine (empty local tier): the same step
+    shutil.rmtree(local)
+    model3, optimizer3 = make(2)
+    with Checkpointer(str(remote), model3, optimizer3, local_path=str(local)) as ck:
+        assert ck.restore(best=True) == 2
+        assert_same_state(state_arrays(model3, optimizer3), states[2])
+        # a local step better than every remote one is kept as it is
+        _train_and_save(ck, model3, optimizer3, {4: 0.01})
+        ck.wait_until_finished()
+        best_local = state_arrays(model3, optimizer3)
+    model4, optimizer4 = make(3)
+    with Checkpointer(
+        str(remote), model4, optimizer4, local_path=str(local), promote_every=10
+    ) as ck:
+        assert ck.restore(best=True) == 4
+        assert_same_state(state_arrays(model4, optimizer4), best_local)
+
+
 def _flip_byte(path: Path, offset: int) -> None:
     with open(path, "r+b") as handle:
         handle.seek(offset)

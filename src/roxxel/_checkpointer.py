@@ -897,8 +897,8 @@ class Checkpointer:
         than the newest intact local step (or missing or damaged locally)."""
         self._check_open()
         assert self.remote_path is not None
-        if best:
-            return  # the best step is chosen among the local tier's steps
+        if step is not None and best:
+            return  # refused by the restore itself, before anything is fetched
         if step is not None:
             step = _validate.step(step)
         if self._pending_step is not None:
@@ -908,6 +908,14 @@ class Checkpointer:
         def intact(candidate: int) -> bool:
             return _integrity.check(self._store.step_dir(candidate), candidate, deep=False).ok
 
+        def best_of(remote: list[tuple[int, Mapping[str, float] | None]]) -> int | None:
+            # The best of both tiers (a remote step wins only where the local tier lacks it).
+            fetched = {s for s, _ in remote}
+            local = [(s, m) for s, m in self._store.checkpoints() if s not in fetched]
+            return best_step(
+                [*local, *remote], self._retention, temporary=self._store.temporary_steps()
+            )
+
         many = jax.process_count() > 1
         if not many or jax.process_index() == 0:
             # then restored by the ordinary path, from the local tier
@@ -916,9 +924,10 @@ class Checkpointer:
                 self.directory,
                 local_steps=local_steps,
                 intact=intact,
-                step=step,
+                step=None if best else step,
                 timeout=self._timeout,
                 seen=None if self._promoter is None else self._promoter.on_remote,
+                best=best_of if best and self._retention.best_metric is not None else None,
             )
         if many:
             # The local tier is one folder of the job (as any format-2 step of a

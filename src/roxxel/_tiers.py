@@ -749,13 +749,16 @@ def bring_for_restore(
     step: int | None,
     timeout: float,
     seen: set[int] | None = None,
+    best: Callable[[list[tuple[int, Mapping[str, float] | None]]], int | None] | None = None,
 ) -> int | None:
     """Fetch into the local tier the remote step a restore should read, if there is one.
 
     Without `step`: the newest committed remote step newer than the newest intact local step
     (older remote steps in turn if fetching fails). With `step`: that step, when the local
-    tier lacks it or holds it damaged. Returns the step fetched, or None (the local tier is
-    used as it is: nothing newer remotely, or the remote unreachable, logged).
+    tier lacks it or holds it damaged. With `best`: the remote step `best` picks when given
+    the `(step, metrics)` of the remote steps the local tier lacks (or holds damaged), which
+    it ranks together with the local ones. Returns the step fetched, or None (the local tier is
+    used as it is: nothing better remotely, or the remote unreachable, logged).
     """
     listing = remote_listing(remote, timeout)
     if listing is None:
@@ -763,7 +766,13 @@ def bring_for_restore(
     remote_steps = [f.step for f in listing.folders if f.layout == "roxxel"]
     if seen is not None:
         seen.update(remote_steps)  # committed remotely: close() need not promote them
-    if step is not None:
+    if best is not None:
+        missing = [s for s in remote_steps if s not in local_steps or not intact(s)]
+        chosen = best(list(remote_metrics(remote, missing).items()))
+        if chosen is None or chosen not in missing:
+            return None
+        candidates = [chosen]
+    elif step is not None:
         if step not in remote_steps or (step in local_steps and intact(step)):
             return None
         candidates = [step]
@@ -785,6 +794,22 @@ def bring_for_restore(
         logger.info("roxxel: step %d copied from the remote tier %s", candidate, remote)
         return candidate
     return None
+
+
+def remote_metrics(remote: str, steps: Sequence[int]) -> dict[int, Mapping[str, float] | None]:
+    """The metrics saved with each of `steps` on the remote tier (None: none or unreadable),
+    read in one batch of requests."""
+    if not steps:
+        return {}
+    fs, root = remote_fs(remote)
+    paths = {f"{root}/{step}/{_layout.METRICS_ITEM}/metrics": step for step in steps}
+    try:
+        found = fs.cat(list(paths), on_error="omit")
+    except OSError as exc:
+        logger.warning("roxxel: cannot read the metrics of the remote tier %s: %s", remote, exc)
+        found = {}
+    read = {paths[str(p)]: body for p, body in found.items() if str(p) in paths}
+    return {step: _directory.parse_metrics(read[step]) if step in read else None for step in steps}
 
 
 def prepare_remote(remote: str, *, timeout: float) -> None:
