@@ -989,8 +989,10 @@ class Store:
             self._manager.close()
         except Exception:  # already reported by the caller
             logger.debug("closing the Orbax manager after a failed save", exc_info=True)
-        self.remove_partial(own_save_over=True)
-        self._manager = self._open()
+        try:
+            self.remove_partial(own_save_over=True)
+        finally:  # a failed put-back (a store still down) must not leave the manager closed
+            self._manager = self._open()
 
     def close(self) -> None:
         """Close the Orbax manager; if a save is stuck, give up after `timeout` seconds."""
