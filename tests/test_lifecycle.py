@@ -16,7 +16,8 @@ from flax import nnx
 from roxxel.checkpoint import BackgroundWriteError, Checkpointer
 
 TRAINER = """
-import sys
+import faulthandler, signal, sys
+faulthandler.register(signal.SIGUSR1, all_threads=True)  # the test's stack dump on a hang
 import jax, optax
 from flax import nnx
 from roxxel.checkpoint import Checkpointer
@@ -60,9 +61,19 @@ def test_sigterm_commits_the_save_in_flight(tmp_path: Path) -> None:
             if "save 4 started" in line or time.monotonic() > deadline:
                 break
         proc.send_signal(signal.SIGTERM)
-        _, stderr = proc.communicate(timeout=120)
+        try:
+            _, stderr = proc.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGUSR1)  # every thread's stack, to stderr
+            time.sleep(3)
+            proc.kill()
+            _, stderr = proc.communicate()
+            pytest.fail(
+                f"no exit within 120 s of SIGTERM; the trainer's threads:\n{stderr[-12000:]}"
+            )
     finally:
         proc.kill()
+        proc.wait()
     assert proc.returncode == 143, stderr
     assert "Traceback" not in stderr
     names = os.listdir(tmp_path / "ck")
