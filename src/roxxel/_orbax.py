@@ -114,6 +114,7 @@ def run_bounded(call: Callable[[], Any], *, timeout: float, name: str) -> thread
     outcome: list[BaseException] = []
 
     def run() -> None:
+        _lifecycle.signals_to_main_thread()
         try:
             call()
         except BaseException as exc:  # noqa: BLE001  handed to the caller below
@@ -758,6 +759,7 @@ class Store:
     def _run_saves(self) -> None:
         """The Store's saver thread: one long-lived daemon thread, so that `save()` does not
         pay for starting a thread (1-2 ms on a busy 2-core host)."""
+        _lifecycle.signals_to_main_thread()
         while True:
             job = self._jobs.get()
             if job is None:  # `close()`: the thread ends with its Store

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from . import _lifecycle
 from ._errors import InvalidArgumentError
 from ._inspect import human_bytes
 
@@ -187,6 +188,7 @@ class Telemetry:
         self._calls.put(stats)
 
     def _run(self) -> None:
+        _lifecycle.signals_to_main_thread()
         while True:
             stats = self._calls.get()
             if stats is None:

@@ -48,7 +48,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _directory, _format, _integrity, _layout, _paths, _storage
+from . import _directory, _format, _integrity, _layout, _lifecycle, _paths, _storage
 from ._errors import PromotionError
 from ._retention import Retention, steps_to_keep
 
@@ -420,6 +420,7 @@ class Promoter:
 
     # ------------------------------------------------------------------ the thread
     def _loop(self) -> None:
+        _lifecycle.signals_to_main_thread()
         while True:
             with self._cond:
                 while self._waiting is None and not self._stop:
