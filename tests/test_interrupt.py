@@ -30,7 +30,10 @@ from roxxel.checkpoint import Checkpointer, verify
 TRIALS = 16
 
 ZYGOTE = r"""
-import os, sys, threading
+import os, signal, sys, threading
+# Ctrl-C raises KeyboardInterrupt even when this runs under a launcher that ignores SIGINT
+# (a shell's background job does).
+signal.signal(signal.SIGINT, signal.default_int_handler)
 sys.path.insert(0, {tests!r})
 import optax  # noqa
 import roxxel.checkpoint  # noqa: heavy imports once, before any fork
@@ -42,6 +45,8 @@ def writer(directory, errors):
     from roxxel.checkpoint import Checkpointer
     fd = os.open(errors, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     os.dup2(fd, 2)
+    import faulthandler
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # the test's stack dump on a hang
     model, optimizer = tiny(512)
     ck = Checkpointer(directory, model, optimizer, max_to_keep=2)
     step = ck.restore()
@@ -114,7 +119,17 @@ def test_ctrl_c_inside_save_leaves_the_step_committed_or_nothing_of_it(tmp_path:
             assert output.next(60) == "ready"
             time.sleep(rng.uniform(0.1, 0.8))
             os.kill(pid, signal.SIGINT)
-            status = int(output.next(120).split()[1])
+            try:
+                status = int(output.next(120).split()[1])
+            except AssertionError:
+                os.kill(pid, signal.SIGUSR1)  # every thread's stack, into the trial's stderr
+                time.sleep(2)
+                os.kill(pid, signal.SIGKILL)
+                output.next(60)  # "reaped"
+                raise AssertionError(
+                    f"trial {trial}: no exit within 120 s of SIGINT; its stderr and stacks:\n"
+                    + errors.read_text()[-12000:]
+                ) from None
             text = errors.read_text()
             assert "KeyboardInterrupt" in text, f"trial {trial}: {text[-2000:]}"
             assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGINT, status
