@@ -349,6 +349,45 @@ def test_export_npz_and_best(
     assert not list(tmp_path.glob("*partial*"))
 
 
+def test_a_step_whose_overwrite_was_cut_short_is_listed_verified_and_exported(
+    ckdir: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A writer killed mid-overwrite of step 20 leaves its old version aside and an unfinished
+    new one; until a writer puts the old one back, the command reads step 20 from the aside."""
+    from roxxel import _overwrite
+
+    copy = tmp_path / "ck"
+    shutil.copytree(ckdir["dir"], copy)
+    _overwrite.set_aside(str(copy), 20)  # what save(20, overwrite=True) does first
+    shutil.copytree(copy / "10", copy / "20.orbax-checkpoint-tmp-1795000001")
+    before = sorted(p.name for p in copy.iterdir())
+    assert "20" not in before and "20.roxxel-replaced" in before
+
+    code, out, err = run(capsys, "ls", copy, "--json")
+    assert code == 0, err
+    by_step = {c["step"]: c for c in json.loads(out)["checkpoints"] if c["state"] == "committed"}
+    assert sorted(by_step) == [10, 20, 30]
+    assert by_step[20]["integrity"]["state"] == "ok"
+    assert by_step[20]["metrics"] == {"loss": 0.7, "accuracy": 0.5}
+    code, out, err = run(capsys, "verify", copy)
+    assert code == 0 and "20" in out, (out, err)
+    target = tmp_path / "w.npz"
+    code, out, err = run(capsys, "export", copy, target, "--format", "npz", "--step", 20,
+                         "--optimizer")  # fmt: skip
+    assert code == 0, err
+    with np.load(target) as loaded:
+        for name, array in ckdir["step20"].items():
+            np.testing.assert_array_equal(loaded[name], array, err_msg=name)
+    assert sorted(p.name for p in copy.iterdir()) == before  # readers change nothing
+
+    model, optimizer = make()
+    with Checkpointer(str(copy), model, optimizer) as ck:  # a writer puts step 20 back
+        assert ck.restore(step=20) == 20
+        assert ck.all_steps() == [10, 20, 30]
+    names = sorted(p.name for p in copy.iterdir())
+    assert "20" in names and not [n for n in names if "replaced" in n or "tmp" in n], names
+
+
 # ---------------------------------------------------------------------------- errors
 def test_missing_folder_empty_folder_and_unknown_step(
     ckdir: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]

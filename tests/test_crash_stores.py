@@ -145,9 +145,14 @@ def test_sigkill_mid_overwrite(store: tuple[str, servers.Server], tmp_path: Path
 
             older = committed[-1] if committed else on_disk
             newer = saving[-1] if saving and saving[-1] not in committed else older
+            # A reader first (an eval job), before any writer settles the overwrite: it sees
+            # step 2 whole, from the aside when only that holds it, and changes nothing.
+            restored, seen = zygote.restarted_job(url, read_only=True)
+            assert restored == 2, f"trial {trial}: the reader restored {restored}"
+            assert seen in (older, newer), f"trial {trial}: reader saw {seen} not {older}/{newer}"
             restored, version = zygote.restarted_job(url, read_only=False)
             assert restored == 2, f"trial {trial}: restored {restored}"
-            assert version in (older, newer), f"trial {trial}: {version} not {older}/{newer}"
+            assert version == seen, f"trial {trial}: the writer restored {version}, not {seen}"
             counts.outcome("the new version" if version == newer != older else "the old version")
             counts.restored.append(version)
             on_disk = version

@@ -59,6 +59,15 @@ def test_sigkill_during_overwrites_always_leaves_one_intact_version(tmp_path: Pa
 
             older = committed[-1] if committed else on_disk
             newer = saving[-1] if saving and saving[-1] not in committed else older
+            # A reader first, before any writer settles the overwrite: step 2 is there whole
+            # (from its aside while only that holds it), and the folder is left as it is.
+            with Checkpointer(str(directory), model, optimizer, read_only=True) as reader:
+                assert reader.all_steps() == [1, STEP], f"trial {trial}: {names}"
+                assert reader.restore() == STEP
+                seen = stamped_step(model, optimizer)
+                assert seen in (older, newer), f"trial {trial}: reader saw {seen}"
+            assert all(result.ok for result in verify(str(directory))), trial
+            assert set(os.listdir(directory)) == names, f"trial {trial}: the reader changed it"
             ck = Checkpointer(str(directory), model, optimizer)
             try:
                 left = sorted(n for n in os.listdir(directory) if "tmp" in n or REPLACED in n)
@@ -66,7 +75,7 @@ def test_sigkill_during_overwrites_always_leaves_one_intact_version(tmp_path: Pa
                 assert ck.all_steps() == [1, STEP], f"trial {trial}: {os.listdir(directory)}"
                 assert ck.restore() == STEP
                 version = stamped_step(model, optimizer)
-                assert version in (older, newer), f"trial {trial}: {version} not {older}/{newer}"
+                assert version == seen, f"trial {trial}: the writer restored {version}, not {seen}"
                 restored_new += version == newer != older
                 assert ck.restore(step=1) == 1 and stamped_step(model, optimizer) == 1
                 assert all(result.ok for result in verify(str(directory))), trial

@@ -628,7 +628,7 @@ def cmd_export(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             except _export.UnsupportedDtypeError as exc:
                 raise UsageError(str(exc)) from None
         if args.verify:
-            problems = _damage(checkpoints.directory, step, err, args.progress)
+            problems = _damage(checkpoints.listing().path(step), step, err, args.progress)
             if problems:
                 return _fail(
                     err, _export_refused(checkpoints.directory, step, problems), EXIT_DIFFERENT
@@ -669,13 +669,11 @@ def cmd_export(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return EXIT_OK
 
 
-def _damage(directory: str, step: int, err: TextIO, progress: str) -> tuple[str, ...]:
-    """The problems the deep checksum check finds in `step` (none for a step saved without
-    checksums)."""
-    from ._directory import join
+def _damage(step_dir: str, step: int, err: TextIO, progress: str) -> tuple[str, ...]:
+    """The problems the deep checksum check finds in `step`, in its folder `step_dir` (none
+    for a step saved without checksums)."""
     from ._integrity import check, recorded_bytes
 
-    step_dir = join(directory, str(step))
     total = recorded_bytes(step_dir)
     bar = ProgressBar(f"verifying step {step}", stream=err, mode=progress)
     done = 0

@@ -144,16 +144,44 @@ def classify(
     return _layout.classify_step(name, entries, metadata)
 
 
+def classify_aside(directory: str, name: str, lister: _Lister | None = None) -> StepFolder | None:
+    """The step an overwrite cut short left in `<step>.roxxel-replaced`, or None.
+
+    The aside holds the old version of a committed step, whole (a local rename, or an
+    object-store copy with its commit marker). While the new version has not committed, it is
+    that step's committed folder for readers (`scan(..., asides=True)`).
+    """
+    step = _layout.aside_step(name)
+    if step is None:
+        return None
+    lister = lister or _Lister(directory)
+    entries = lister.entries(name)
+    if entries is None or not entries or not _committed(entries, remote=lister.remote):
+        return None
+    found = _layout.classify_step(
+        str(step), entries, lister.read(name, _layout.CHECKPOINT_METADATA)
+    )
+    if not isinstance(found, StepFolder):
+        return None
+    return dataclasses.replace(found, name=name)
+
+
 def _committed(entries: Collection[str], *, remote: bool) -> bool:
     # Local steps are committed by a rename; object-store steps by a marker written last.
     return not remote or _layout.COMMIT_MARKER in entries
 
 
-def scan(directory: str) -> Listing:
+def scan(directory: str, *, asides: bool = False) -> Listing:
     """List and classify the folders of a checkpoint directory (read-only).
 
     A missing directory lists as empty. Only folder names, the small `_CHECKPOINT_METADATA`
     of each step-named folder, and the top of non-step folders are read.
+
+    With `asides`, a step whose overwrite was cut short (its old version whole in
+    `<step>.roxxel-replaced`, the new one never committed) is listed from that folder: what
+    readers (a read-only Checkpointer, `roxxel ls`, `verify`) see until a writer opens the
+    directory and puts it back. Writers list without: for them the aside is their own
+    overwrite in flight, or one to settle (`_overwrite`), never a step of its own.
     """
     lister = _Lister(directory)
     top = lister.entries("")
@@ -163,8 +191,12 @@ def scan(directory: str) -> Listing:
     ignored: list[Ignored] = []
     pending: list[tuple[int | None, str]] = []
     singles: list[str] = []
+    aside_names: list[str] = []
     for name, is_dir in sorted(top.items()):
         if not is_dir:
+            continue
+        if _layout.aside_step(name) is not None:
+            aside_names.append(name)
             continue
         marker = _layout.pending_step(name)
         if marker is not False:
@@ -180,6 +212,12 @@ def scan(directory: str) -> Listing:
                 folders[found.step] = found
         elif not name.startswith((".", "_")) and name != _layout.TRASH:
             singles.append(name)
+    for name in aside_names if asides else ():
+        step = _layout.aside_step(name)
+        if step not in folders:
+            found = classify_aside(directory, name, lister)
+            if found is not None:
+                folders[found.step] = found
     single = _single_checkpoint(lister, top, singles)
     if single is not None and 0 not in folders:
         folders[0] = single

@@ -47,7 +47,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _layout
+from . import _layout, _paths
 from ._errors import PARSE_ERRORS, CorruptCheckpointError
 
 FORMAT = 2
@@ -491,7 +491,7 @@ def write(directory: str, snap: Snapshot) -> Written:
     index = _index(snap, sizes)
     body = json.dumps(index, separators=(",", ":")).encode()
     _write_small(os.path.join(directory, index_name(snap.process)), body)
-    _fsync_dir(directory)
+    _paths.fsync_dir(directory)
     return Written(index, direct and bool(jobs))
 
 
@@ -523,14 +523,6 @@ def _write_small(path: str, body: bytes) -> None:
         view = memoryview(body)
         while view:
             view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(directory: str) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
         os.fsync(fd)
     finally:
         os.close(fd)

@@ -786,7 +786,7 @@ def verify(
             "Checkpointer(checkpoint_path=...).",
             path=directory,
         )
-    listing = _directory.scan(directory)
+    listing = _directory.scan(directory, asides=True)  # what a reader restores
     steps = listing.steps
     if step is not None:
         step = _validate.step(step)

@@ -82,6 +82,18 @@ def looks_like_step(name: str) -> bool:
     return name.isascii() and name.isdigit()
 
 
+def aside_name(step: int) -> str:
+    """The folder an overwritten `step` waits in until the new one has committed."""
+    return f"{step}{REPLACED}"
+
+
+def aside_step(name: str) -> int | None:
+    """The step of an aside folder's name (`12.roxxel-replaced` -> 12), else None."""
+    if not name.endswith(REPLACED):
+        return None
+    return step_number(name[: -len(REPLACED)])
+
+
 def pending_step(name: str) -> int | Literal[False] | None:
     """For `<step>.orbax-checkpoint-tmp…` the step (None when unreadable); False otherwise."""
     if TMP_MARKER not in name:

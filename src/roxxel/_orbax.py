@@ -248,20 +248,34 @@ class _RoxxelSteps(ocp.step.NameFormat):  # type: ignore[misc]  # no stubs
     Steps of the layouts Roxxel migrates from are read beside the manager (`Store.read`).
     """
 
-    def __init__(self, directory: str, atomicity: Any) -> None:
+    def __init__(self, directory: str, atomicity: Any, *, asides: bool = False) -> None:
         self._directory = directory
         self._standard = ocp.step.standard_name_format(atomicity_options=atomicity)
+        # A reader's manager also lists a step from its aside (`_directory.scan`, `asides`).
+        self._asides = asides
 
     def build_name(self, step: int) -> str:
         return str(self._standard.build_name(step))
 
     def find_all(self, base_path: Any) -> Iterator[Any]:
+        found: set[int] = set()
         for metadata in self._standard.find_all(base_path):
             if _written_by_roxxel(self._directory, metadata.path.name):
+                found.add(metadata.step)
                 yield metadata
+        if self._asides:
+            for folder in _directory.scan(self._directory, asides=True).folders:
+                if folder.step not in found and folder.name == _layout.aside_name(folder.step):
+                    yield ocp.step.Metadata(step=folder.step, path=base_path / folder.name)
 
     def find_step(self, base_path: Any, step: int) -> Any:
-        metadata = self._standard.find_step(base_path, step)
+        try:
+            metadata = self._standard.find_step(base_path, step)
+        except ValueError:
+            aside = _layout.aside_name(step)
+            if self._asides and _directory.classify_aside(self._directory, aside) is not None:
+                return ocp.step.Metadata(step=step, path=base_path / aside)
+            raise
         if not _written_by_roxxel(self._directory, metadata.path.name):
             raise ValueError(f"step folder {metadata.path} was not written by Roxxel")
         return metadata
@@ -355,6 +369,8 @@ class Store:
         self._save_error: BaseException | None = None  # from the background `save` thread
         self._meta_memo: tuple[tuple[int, int, int, int], dict[str, Any]] | None = None
         self._foreign: dict[int, _layout.StepFolder] = {}
+        # Read-only: steps listed from an overwrite's aside (`_directory.scan`, `asides`).
+        self._asides: dict[int, _layout.StepFolder] = {}
         self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
         self._idle = threading.Event()  # set while the saver thread has nothing to do
         self._idle.set()
@@ -408,7 +424,7 @@ class Store:
             ),
             # Object stores cannot rename a folder: commit with commit_success.txt instead.
             atomicity_options=atomicity,
-            step_name_format=_RoxxelSteps(self.directory, atomicity),
+            step_name_format=_RoxxelSteps(self.directory, atomicity, asides=self.read_only),
         )
         manager = _Manager(
             self.directory,
@@ -444,8 +460,11 @@ class Store:
         re-reads every step's metadata on helper threads (10-30 ms on a busy 2-core host, a
         third of what `save()` blocks; benchmarks/README.md, B1).
         """
-        listing = _directory.scan(self.directory)
+        listing = _directory.scan(self.directory, asides=self.read_only)
         self._foreign = {f.step: f for f in listing.folders if f.layout != "roxxel"}
+        self._asides = {
+            f.step: f for f in listing.folders if f.layout == "roxxel" and f.name != str(f.step)
+        }
         ours = {f.step for f in listing.folders if f.layout == "roxxel"}
         with self._parsing(None):
             if ours != set(self._manager.all_steps()):
@@ -557,7 +576,7 @@ class Store:
 
     def index(self, step: int) -> _format.Index:
         """The array index of a format-2 step (checked before any array is allocated)."""
-        directory = os.path.join(self.directory, str(step), ARRAYS_ITEM)
+        directory = _directory.join(self.step_dir(step), ARRAYS_ITEM)
         try:
             return _format.load_index(directory, local=not _paths.is_url(self.directory))
         except CorruptCheckpointError as exc:
@@ -787,7 +806,7 @@ class Store:
 
     def step_dir(self, step: int) -> str:
         """The folder of a committed step."""
-        folder = self.foreign(step)
+        folder = self.foreign(step) or self._asides.get(step)
         return _directory.join(self.directory, str(step) if folder is None else folder.name)
 
     def source(self, step: int) -> str:

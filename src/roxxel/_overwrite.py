@@ -31,18 +31,8 @@ from . import _directory, _layout, _paths
 logger = logging.getLogger("roxxel")
 
 REPLACED = _layout.REPLACED
-
-
-def aside_name(step: int) -> str:
-    """The folder an overwritten `step` waits in until the new one has committed."""
-    return f"{step}{REPLACED}"
-
-
-def aside_step(name: str) -> int | None:
-    """The step of an aside folder's name (`12.roxxel-replaced` -> 12), else None."""
-    if not name.endswith(REPLACED):
-        return None
-    return _layout.step_number(name[: -len(REPLACED)])
+aside_name = _layout.aside_name
+aside_step = _layout.aside_step
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,20 +75,6 @@ def settle(
 
 
 # ---------------------------------------------------------------------------- local
-def _fsync_dir(directory: str) -> None:
-    """Make a rename in `directory` durable (best effort: some filesystems refuse)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _local_asides(directory: str) -> list[tuple[int, bool]]:
     try:
         names = os.listdir(directory)
@@ -117,7 +93,7 @@ def set_aside(directory: str, step: int) -> None:
     if os.path.lexists(aside):  # an older aside of this step: the committed one is newer
         shutil.rmtree(aside)
     os.rename(os.path.join(directory, str(step)), aside)
-    _fsync_dir(directory)
+    _paths.fsync_dir(directory, best_effort=True)
 
 
 def settle_directory(
@@ -139,7 +115,7 @@ def settle_directory(
             _put_back_remote(directory, step)
         else:
             os.rename(os.path.join(directory, aside_name(step)), os.path.join(directory, str(step)))
-            _fsync_dir(directory)
+            _paths.fsync_dir(directory, best_effort=True)
     if plan.stuck:
         logger.error(
             "roxxel: step %s in %s was being overwritten, and neither the new version nor the "

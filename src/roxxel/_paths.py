@@ -1,4 +1,5 @@
-"""Checkpoint directory names: local folders are made absolute, URLs pass through untouched."""
+"""Checkpoint directory names (local folders are made absolute, URLs pass through untouched),
+and making a local folder's renames durable."""
 
 from __future__ import annotations
 
@@ -72,3 +73,24 @@ def _read_only_filesystem(path: str) -> bool:
         return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
     except (OSError, AttributeError):
         return False
+
+
+def fsync_dir(directory: str, *, best_effort: bool = False) -> None:
+    """Make the renames and new entries in local `directory` durable (fsync the folder).
+
+    An OSError is raised, unless `best_effort`: then a folder that cannot be opened or synced
+    (some filesystems refuse a directory fsync) is left as it is.
+    """
+    try:
+        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        if best_effort:
+            return
+        raise
+    try:
+        os.fsync(fd)
+    except OSError:
+        if not best_effort:
+            raise
+    finally:
+        os.close(fd)

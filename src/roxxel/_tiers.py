@@ -567,7 +567,7 @@ class Promoter:
             if os.path.isdir(final):
                 _remove_local(self.remote, final)
             os.replace(dst, final)
-            _fsync_dir(self.remote)
+            _paths.fsync_dir(self.remote)
 
     # ------------------------------------------------------------------ retention
     def listing(self) -> _directory.Listing:
@@ -637,14 +637,6 @@ def _remove_local(parent: str, path: str) -> None:
     aside = os.path.join(trash, f"{os.path.basename(path)}-{uuid.uuid4().hex[:8]}")
     os.replace(path, aside)
     shutil.rmtree(aside, ignore_errors=True)
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # ---------------------------------------------------------------------------- restore
@@ -728,7 +720,7 @@ def fetch(remote: str, local: str, step: int, *, timeout: float) -> None:
             if os.path.isdir(final):
                 _remove_local(local, final)
             os.replace(tmp, final)
-            _fsync_dir(local)
+            _paths.fsync_dir(local)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
