@@ -191,9 +191,9 @@ def _stop_and_start(
     server.start()
 
 
-# fake-gcs-server only in the test command. The SeaweedFS variant (`"s3"` here) passes here
-# (10 trials in 2 min, every save timed out and some committed later), but failed once in a
-# fresh-clone CI run for a reason not yet read; see docs/design.md, known gaps.
+# fake-gcs-server only in the test command. The SeaweedFS variant (`"s3"` here) failed 1 run in
+# 20 by hand: a committed step re-saved after a timed-out attempt at it failed verify (the record
+# caught it; the job restored the step before). See docs/design.md, known gaps.
 @pytest.mark.parametrize("store", ["gcs"], indirect=True)
 def test_store_restarted_mid_save(store: tuple[str, servers.Server], tmp_path: Path) -> None:
     backend, server = store
